@@ -1,0 +1,70 @@
+{#- The one place that decides which event decides an annotation (CONTRACT §2.1).
+    Only accepted, rejected and deleted events decide, spelled exactly so; created,
+    proposed and edited never do, and neither does any other event type. -#}
+
+with
+
+events as (
+
+    select * from {{ ref('stg_app__annotation_events') }}
+
+),
+
+decision_events as (
+
+    select
+        *,
+        -- Exact duplicates of (occurred_at, event_id) exist only in dirty logs; among
+        -- them doubt wins (deleted, then rejected, then accepted) and then the
+        -- binary order of label and actor, so every engine picks the same row.
+        case event_type
+            when 'deleted' then 3
+            when 'rejected' then 2
+            else 1
+        end as doubt_rank
+
+    from events
+
+    where event_type in ('accepted', 'rejected', 'deleted')
+        -- An event without a time or an id cannot be ordered: it decides nothing.
+        and annotation_id is not null
+        and occurred_at is not null
+        and event_id is not null
+
+),
+
+ranked as (
+
+    select
+        *,
+        row_number() over (
+            partition by annotation_id
+            order by
+                occurred_at desc,
+                event_id desc,
+                doubt_rank desc,
+                {{ binary_order('label') }} desc nulls last,
+                {{ binary_order('actor') }} desc nulls last
+        ) as recency_rank
+
+    from decision_events
+
+),
+
+deciding_events as (
+
+    select
+        annotation_id,
+        event_id as deciding_event_id,
+        event_type as deciding_event_type,
+        label as deciding_label,
+        actor as decided_by,
+        occurred_at as decided_at
+
+    from ranked
+
+    where recency_rank = 1
+
+)
+
+select * from deciding_events

@@ -1,0 +1,125 @@
+"""Reading the dataset relations built by dbt, and fingerprinting what was read."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from trainer.db import Session
+from trainer.errors import DatasetError
+
+DATASETS_SCHEMA = "datasets"
+TRAINING_EXAMPLES = "training_examples"
+EXAMPLE_COLUMNS = (
+    "annotation_id",
+    "document_id",
+    "page",
+    "x0",
+    "y0",
+    "x1",
+    "y1",
+    "text",
+    "label",
+    "accepted_at",
+    "accepted_by",
+    "accepted_event_id",
+    "split",
+)
+# The fields that identify an example for the fingerprint (CONTRACT §5: ids,
+# texts, labels, splits). Boxes and acceptance metadata are deliberately out:
+# the legacy CSV export, which has no boxes, must fingerprint the same.
+FINGERPRINT_FIELDS = ("annotation_id", "document_id", "split", "label", "text")
+_FINGERPRINT_DOMAIN = b"training-db-pipeline/training-examples/v1\n"
+
+BUILD_HINT = "build the datasets first: dbt build --profiles-dir profiles --target {target}"
+
+
+def read_training_examples(session: Session) -> pa.Table:
+    """All rows of ``datasets.training_examples``, sorted by annotation_id (bytewise)."""
+    if not session.relation_exists(DATASETS_SCHEMA, TRAINING_EXAMPLES):
+        raise DatasetError(
+            f"{DATASETS_SCHEMA}.{TRAINING_EXAMPLES} does not exist; " + BUILD_HINT.format(target=session.dialect)
+        )
+    columns = ", ".join(EXAMPLE_COLUMNS)
+    table = session.fetch_arrow(f"select {columns} from {DATASETS_SCHEMA}.{TRAINING_EXAMPLES}")
+    return sort_examples(table)
+
+
+def sort_examples(table: pa.Table) -> pa.Table:
+    """Sort by annotation_id in byte order, which no database locale can change."""
+    if table.num_rows == 0:
+        return table
+    return table.take(pc.sort_indices(table, sort_keys=[("annotation_id", "ascending")]))
+
+
+def dataset_fingerprint(table: pa.Table) -> str:
+    """sha256 over the examples' ids, texts, labels and splits, in annotation_id order.
+
+    Each field is length-prefixed, so no two different datasets share an encoding.
+    """
+    digest = hashlib.sha256(_FINGERPRINT_DOMAIN)
+    ordered = sort_examples(table)
+    columns = [ordered.column(name).to_pylist() for name in FINGERPRINT_FIELDS]
+    for values in zip(*columns):
+        for value in values:
+            encoded = value.encode("utf-8")
+            digest.update(len(encoded).to_bytes(8, "big"))
+            digest.update(encoded)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """Examples and distinct documents per split and label."""
+
+    examples: dict[tuple[str, str], int]
+    documents: dict[tuple[str, str], int]
+
+    def split_size(self, split: str) -> int:
+        return sum(count for (side, _), count in self.examples.items() if side == split)
+
+    def labels(self, split: str) -> list[str]:
+        return sorted(label for (side, label) in self.examples if side == split)
+
+    def to_rows(self) -> list[dict]:
+        return [
+            {"split": split, "label": label, "examples": count, "documents": self.documents[(split, label)]}
+            for (split, label), count in sorted(self.examples.items())
+        ]
+
+
+def summarize(table: pa.Table) -> DatasetSummary:
+    splits = table.column("split").to_pylist()
+    labels = table.column("label").to_pylist()
+    documents = table.column("document_id").to_pylist()
+    examples = Counter(zip(splits, labels))
+    distinct = Counter({key: 0 for key in examples})
+    for key in set(zip(splits, labels, documents)):
+        distinct[key[:2]] += 1
+    return DatasetSummary(examples=dict(examples), documents=dict(distinct))
+
+
+def check_trainable(summary: DatasetSummary) -> None:
+    """Refuse datasets no classifier can be fitted or measured on, saying why."""
+    total = sum(summary.examples.values())
+    if total == 0:
+        raise DatasetError(
+            "no training examples: datasets.training_examples is empty (no annotation's deciding event "
+            "is an acceptance of a non-blank label on a live document with non-blank text)"
+        )
+    train, evaluation = summary.split_size("train"), summary.split_size("eval")
+    if train == 0:
+        raise DatasetError(f"the train split is empty: all {total} examples are in eval (lower eval_percent)")
+    if evaluation == 0:
+        raise DatasetError(
+            f"the eval split is empty: all {total} examples are in train; add documents or raise eval_percent"
+        )
+    train_labels = summary.labels("train")
+    if len(train_labels) < 2:
+        raise DatasetError(
+            f"the train split has only one label ({train_labels[0]!r}); a classifier needs at least two"
+        )

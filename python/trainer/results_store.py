@@ -1,0 +1,311 @@
+"""The results tables (CONTRACT §5): the only module that writes schema `training`.
+
+Every write is one short session (transaction). Versions of the schema are
+applied as numbered migrations recorded in ``training.schema_migrations``, so
+``init-db`` is idempotent and later releases add columns without rewriting.
+
+Constraint names are spelled the way DuckDB names constraints itself
+(``<table>_<columns>_pkey``, ``..._fkey``, ``..._check``), so both engines show
+the same names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from trainer.db import Database, Session
+from trainer.errors import NotFound
+
+RUN_STATUSES = ("queued", "running", "succeeded", "failed")
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (
+        1,
+        "results tables: training_runs, model_versions, metrics",
+        [
+            "create schema if not exists training",
+            "create sequence if not exists training.training_runs_run_id_seq",
+            """
+            create table if not exists training.training_runs (
+                run_id bigint not null default nextval('training.training_runs_run_id_seq'),
+                model_name text not null,
+                status text not null,
+                created_at timestamp not null,
+                started_at timestamp,
+                finished_at timestamp,
+                error text,
+                params text not null,
+                dataset_fingerprint text,
+                train_examples integer,
+                eval_examples integer,
+                artifact_uri text,
+                constraint training_runs_run_id_pkey primary key (run_id),
+                constraint training_runs_status_check
+                    check (status in ('queued', 'running', 'succeeded', 'failed')),
+                constraint training_runs_finished_at_check
+                    check (status not in ('succeeded', 'failed') or finished_at is not null),
+                constraint training_runs_artifact_uri_check
+                    check (status <> 'succeeded' or artifact_uri is not null)
+            )""",
+            "create sequence if not exists training.model_versions_model_version_id_seq",
+            """
+            create table if not exists training.model_versions (
+                model_version_id bigint not null
+                    default nextval('training.model_versions_model_version_id_seq'),
+                model_name text not null,
+                version integer not null,
+                run_id bigint not null,
+                artifact_uri text not null,
+                artifact_sha256 text not null,
+                created_at timestamp not null,
+                constraint model_versions_model_version_id_pkey primary key (model_version_id),
+                constraint model_versions_model_name_version_key unique (model_name, version),
+                constraint model_versions_run_id_key unique (run_id),
+                constraint model_versions_run_id_run_id_fkey
+                    foreign key (run_id) references training.training_runs (run_id),
+                constraint model_versions_version_check check (version >= 1)
+            )""",
+            "create sequence if not exists training.metrics_metric_id_seq",
+            """
+            create table if not exists training.metrics (
+                metric_id bigint not null default nextval('training.metrics_metric_id_seq'),
+                run_id bigint not null,
+                model_version_id bigint,
+                split text not null,
+                name text not null,
+                label text,
+                value double precision,
+                constraint metrics_metric_id_pkey primary key (metric_id),
+                constraint metrics_run_id_run_id_fkey
+                    foreign key (run_id) references training.training_runs (run_id),
+                constraint metrics_model_version_id_model_version_id_fkey
+                    foreign key (model_version_id) references training.model_versions (model_version_id),
+                constraint metrics_split_check check (split in ('train', 'eval'))
+            )""",
+            # A figure over all labels has a null label; coalesce makes it unique too.
+            """
+            create unique index if not exists metrics_run_id_split_name_label_key
+                on training.metrics (run_id, split, name, coalesce(label, ''))""",
+        ],
+    ),
+]
+
+
+def utcnow() -> datetime:
+    """The current UTC time as a naive timestamp (the contract's columns are UTC)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class Metric:
+    split: str
+    name: str
+    label: str | None
+    value: float | None
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    run_id: int
+    model_name: str
+    status: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    params: dict[str, Any]
+    dataset_fingerprint: str | None
+    train_examples: int | None
+    eval_examples: int | None
+    artifact_uri: str | None
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    model_version_id: int
+    model_name: str
+    version: int
+    run_id: int
+    artifact_uri: str
+    artifact_sha256: str
+    created_at: datetime
+
+
+_RUN_COLUMNS = (
+    "run_id, model_name, status, created_at, started_at, finished_at, error, params, "
+    "dataset_fingerprint, train_examples, eval_examples, artifact_uri"
+)
+_VERSION_COLUMNS = "model_version_id, model_name, version, run_id, artifact_uri, artifact_sha256, created_at"
+
+
+def _run(row: tuple) -> TrainingRun:
+    values = list(row)
+    values[7] = json.loads(values[7])
+    return TrainingRun(*values)
+
+
+class ResultsStore:
+    """Reads and writes training runs, model versions and metrics."""
+
+    def __init__(self, database: Database):
+        self.database = database
+
+    # -- schema -------------------------------------------------------------
+
+    def migrate(self, session: Session) -> list[int]:
+        """Apply the migrations not applied yet, in order; return their numbers."""
+        session.execute("create schema if not exists training")
+        session.execute(
+            """create table if not exists training.schema_migrations (
+                version integer not null,
+                name text not null,
+                applied_at timestamp not null,
+                constraint schema_migrations_version_pkey primary key (version)
+            )"""
+        )
+        applied = {row[0] for row in session.fetchall("select version from training.schema_migrations")}
+        new = []
+        for number, name, statements in MIGRATIONS:
+            if number in applied:
+                continue
+            for statement in statements:
+                session.execute(statement)
+            session.execute(
+                "insert into training.schema_migrations (version, name, applied_at) values (?, ?, ?)",
+                (number, name, utcnow()),
+            )
+            new.append(number)
+        return new
+
+    def is_ready(self, session: Session) -> bool:
+        if not session.relation_exists("training", "schema_migrations"):
+            return False
+        latest = session.scalar("select max(version) from training.schema_migrations")
+        return latest == MIGRATIONS[-1][0]
+
+    # -- runs ---------------------------------------------------------------
+
+    def start_run(self, model_name: str, params: dict[str, Any]) -> int:
+        """Record a new run as `running` and return its id."""
+        now = utcnow()
+        with self.database.session() as session:
+            return int(
+                session.scalar(
+                    "insert into training.training_runs (model_name, status, created_at, started_at, params) "
+                    "values (?, 'running', ?, ?, ?) returning run_id",
+                    (model_name, now, now, json.dumps(params, sort_keys=True)),
+                )
+            )
+
+    def record_dataset(self, run_id: int, fingerprint: str, train_examples: int, eval_examples: int) -> None:
+        with self.database.session() as session:
+            session.execute(
+                "update training.training_runs set dataset_fingerprint = ?, train_examples = ?, "
+                "eval_examples = ? where run_id = ?",
+                (fingerprint, train_examples, eval_examples, run_id),
+            )
+
+    def fail_run(self, run_id: int, error: str) -> None:
+        """Mark a run `failed` with its error text (a finished run keeps its status)."""
+        with self.database.session() as session:
+            session.execute(
+                "update training.training_runs set status = 'failed', error = ?, finished_at = ? "
+                "where run_id = ? and status in ('queued', 'running')",
+                (error, utcnow(), run_id),
+            )
+
+    def succeed_run(
+        self,
+        run_id: int,
+        model_name: str,
+        artifact_uri: str,
+        artifact_sha256: str,
+        metrics: list[Metric],
+    ) -> ModelVersion:
+        """Register the model version, write the metrics and mark the run
+        `succeeded`, all in one transaction: either everything is visible or nothing."""
+        now = utcnow()
+        with self.database.session() as session:
+            if session.dialect == "postgres":
+                # Serialise version allocation per model name across concurrent trainers.
+                session.execute("select pg_advisory_xact_lock(hashtextextended(?, 0))", (model_name,))
+            version = int(
+                session.scalar(
+                    "select coalesce(max(version), 0) + 1 from training.model_versions where model_name = ?",
+                    (model_name,),
+                )
+            )
+            model_version_id = int(
+                session.scalar(
+                    "insert into training.model_versions "
+                    "(model_name, version, run_id, artifact_uri, artifact_sha256, created_at) "
+                    "values (?, ?, ?, ?, ?, ?) returning model_version_id",
+                    (model_name, version, run_id, artifact_uri, artifact_sha256, now),
+                )
+            )
+            for metric in metrics:
+                session.execute(
+                    "insert into training.metrics (run_id, model_version_id, split, name, label, value) "
+                    "values (?, ?, ?, ?, ?, ?)",
+                    (run_id, model_version_id, metric.split, metric.name, metric.label, metric.value),
+                )
+            session.execute(
+                "update training.training_runs set status = 'succeeded', finished_at = ?, artifact_uri = ?, "
+                "error = null where run_id = ?",
+                (now, artifact_uri, run_id),
+            )
+        return ModelVersion(model_version_id, model_name, version, run_id, artifact_uri, artifact_sha256, now)
+
+    # -- reads --------------------------------------------------------------
+
+    def get_run(self, run_id: int) -> TrainingRun:
+        with self.database.session() as session:
+            row = session.fetchone(f"select {_RUN_COLUMNS} from training.training_runs where run_id = ?", (run_id,))
+        if row is None:
+            raise NotFound(f"training run {run_id} does not exist")
+        return _run(row)
+
+    def list_runs(self, limit: int = 20) -> list[TrainingRun]:
+        with self.database.session() as session:
+            rows = session.fetchall(
+                f"select {_RUN_COLUMNS} from training.training_runs order by run_id desc limit ?", (limit,)
+            )
+        return [_run(row) for row in rows]
+
+    def latest_run_id(self) -> int:
+        with self.database.session() as session:
+            run_id = session.scalar("select max(run_id) from training.training_runs")
+        if run_id is None:
+            raise NotFound("no training run has been recorded yet")
+        return int(run_id)
+
+    def run_metrics(self, run_id: int) -> list[Metric]:
+        with self.database.session() as session:
+            rows = session.fetchall(
+                "select split, name, label, value from training.metrics where run_id = ? "
+                "order by split, label is not null, label, name",
+                (run_id,),
+            )
+        return [Metric(*row) for row in rows]
+
+    def get_model_version(self, model_name: str, version: int | None) -> ModelVersion:
+        """The given version of a model, or its latest when ``version`` is None."""
+        with self.database.session() as session:
+            if version is None:
+                row = session.fetchone(
+                    f"select {_VERSION_COLUMNS} from training.model_versions where model_name = ? "
+                    "order by version desc limit 1",
+                    (model_name,),
+                )
+            else:
+                row = session.fetchone(
+                    f"select {_VERSION_COLUMNS} from training.model_versions where model_name = ? and version = ?",
+                    (model_name, version),
+                )
+        if row is None:
+            which = "versions" if version is None else f"version {version}"
+            raise NotFound(f"model {model_name!r} has no {which} (train one with `python -m trainer train`)")
+        return ModelVersion(*row)

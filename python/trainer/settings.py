@@ -1,0 +1,75 @@
+"""Where things live (CONTRACT §6). Every setting comes from an option or the
+environment; nothing secret has a default."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.errors import ConfigurationError
+
+TARGETS = ("duckdb", "postgres")
+DEFAULT_TARGET = "duckdb"
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def project_root() -> Path:
+    """The repository root (the directory holding dbt_project.yml).
+
+    The package is installed in editable mode from ``python/trainer``, so the root
+    is found upward from this file; outside a checkout the working directory is used.
+    """
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "dbt_project.yml").is_file():
+            return parent
+    return Path.cwd()
+
+
+def _has_scheme(url: str) -> bool:
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", url) is not None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved settings of one command."""
+
+    target: str
+    duckdb_path: Path
+    artifacts_url: str
+    app_schema: str = "app"
+
+    @classmethod
+    def from_env(
+        cls,
+        target: str | None = None,
+        app_schema: str | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        env = os.environ if environ is None else environ
+        root = project_root()
+
+        chosen = (target or env.get("TRAINER_TARGET") or DEFAULT_TARGET).strip().lower()
+        if chosen not in TARGETS:
+            raise ConfigurationError(
+                f"unknown target {chosen!r} (TRAINER_TARGET or --target): expected one of {', '.join(TARGETS)}"
+            )
+
+        duckdb_path = Path(env.get("TRAINER_DUCKDB_PATH") or root / "warehouse.duckdb")
+        artifacts = env.get("TRAINER_ARTIFACTS_URL") or str(root / "artifacts")
+        if not _has_scheme(artifacts):
+            # A bare path is local; make it absolute so stored URIs do not depend on the cwd.
+            artifacts = str(Path(artifacts).expanduser().resolve())
+
+        schema = app_schema or env.get("TRAINER_APP_SCHEMA") or "app"
+        if not _IDENTIFIER.match(schema):
+            raise ConfigurationError(f"app schema {schema!r} is not a plain SQL identifier")
+
+        return cls(
+            target=chosen,
+            duckdb_path=duckdb_path.expanduser().resolve(),
+            artifacts_url=artifacts,
+            app_schema=schema,
+        )

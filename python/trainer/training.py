@@ -1,0 +1,159 @@
+"""A training run from the database: read the examples, fit, evaluate, register.
+
+The run is recorded as `running` before anything else happens and ends either
+`succeeded` (with its model version and metrics, written in one transaction after
+the artifact is complete) or `failed` (with the error text). No model version
+ever points at an artifact that is not completely written.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from trainer.arguments import TrainingArguments
+from trainer.artifacts import ArtifactStore
+from trainer.classifier import SegmentClassifier
+from trainer.dataset import check_trainable, dataset_fingerprint, read_training_examples, summarize
+from trainer.db import Database
+from trainer.embeddings import embed_texts, embedding_model_id
+from trainer.errors import DatasetError, TrainerError, TrainingFailed
+from trainer.evaluation import evaluate
+from trainer.results_store import Metric, ModelVersion, ResultsStore
+from trainer.settings import Settings
+from trainer.versions import library_versions
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    run_id: int
+    model_version: ModelVersion
+    dataset_fingerprint: str
+    train_examples: int
+    eval_examples: int
+    metrics: list[Metric]
+
+    def metric(self, name: str, split: str = "eval", label: str | None = None) -> float | None:
+        for metric in self.metrics:
+            if (metric.split, metric.name, metric.label) == (split, name, label):
+                return metric.value
+        raise KeyError((split, name, label))
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for the run's `error` column and the terminal."""
+    if isinstance(exc, TrainerError):
+        return str(exc)
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def ensure_results_tables(database: Database, store: ResultsStore) -> None:
+    with database.session() as session:
+        if not store.is_ready(session):
+            raise DatasetError(
+                f"the results tables in {database.describe()} are missing or out of date: "
+                "run `python -m trainer init-db`"
+            )
+
+
+def train(args: TrainingArguments, settings: Settings, progress: bool | None = None) -> TrainingResult:
+    """Train one model on ``datasets.training_examples`` and record everything.
+
+    Raises :class:`TrainingFailed` (after marking the run `failed`) when the run
+    cannot complete, and other :class:`TrainerError`\\ s when no run could be started.
+    """
+    database = Database(settings)
+    store = ResultsStore(database)
+    artifacts = ArtifactStore(settings.artifacts_url)
+    ensure_results_tables(database, store)
+
+    params = {
+        **args.to_dict(),
+        "source": "database",
+        "target": settings.target,
+        "library_versions": library_versions(database.engine_version()),
+    }
+    run_id = store.start_run(args.model_name, params)
+    try:
+        return _train_run(run_id, args, database, store, artifacts, progress)
+    except BaseException as exc:
+        message = describe_error(exc) if isinstance(exc, Exception) else f"interrupted ({type(exc).__name__})"
+        store.fail_run(run_id, message)
+        if isinstance(exc, Exception):
+            raise TrainingFailed(run_id, message) from exc
+        raise
+
+
+def _train_run(
+    run_id: int,
+    args: TrainingArguments,
+    database: Database,
+    store: ResultsStore,
+    artifacts: ArtifactStore,
+    progress: bool | None,
+) -> TrainingResult:
+    with database.session() as session:
+        examples = read_training_examples(session)
+    summary = summarize(examples)
+    check_trainable(summary)
+    fingerprint = dataset_fingerprint(examples)
+    train_size, eval_size = summary.split_size("train"), summary.split_size("eval")
+    store.record_dataset(run_id, fingerprint, train_size, eval_size)
+
+    _seed_everything(args.seed)
+    texts = examples.column("text").to_pylist()
+    labels = examples.column("label").to_pylist()
+    is_train = np.asarray(examples.column("split").to_pylist()) == "train"
+    embeddings = embed_texts(texts, batch_size=args.embedding_batch_size, progress=progress)
+
+    head = _fit_head(embeddings[is_train], [label for label, keep in zip(labels, is_train) if keep], args)
+    classifier = SegmentClassifier(
+        head=head,
+        embedding_model=embedding_model_id(),
+        confidence_threshold=args.confidence_threshold,
+        metadata={
+            "model_name": args.model_name,
+            "run_id": run_id,
+            "dataset_fingerprint": fingerprint,
+            "training_arguments": args.to_dict(),
+        },
+    )
+
+    metrics: list[Metric] = []
+    for split, mask in (("eval", ~is_train), ("train", is_train)):
+        metrics += evaluate(
+            [label for label, keep in zip(labels, mask) if keep],
+            classifier.predict_proba(embeddings[mask]),
+            classifier.labels,
+            args.confidence_threshold,
+            split,
+        )
+
+    directory = f"models/{args.model_name}/run-{run_id}-{uuid.uuid4().hex[:12]}"
+    artifact_uri, artifact_sha256 = classifier.save(artifacts, directory)
+    version = store.succeed_run(run_id, args.model_name, artifact_uri, artifact_sha256, metrics)
+    return TrainingResult(run_id, version, fingerprint, train_size, eval_size, metrics)
+
+
+def _fit_head(embeddings: np.ndarray, labels: list[str], args: TrainingArguments):
+    from sklearn.linear_model import LogisticRegression
+
+    head = LogisticRegression(
+        C=args.regularization,
+        class_weight=None if args.class_weight == "none" else args.class_weight,
+        max_iter=args.max_iter,
+        random_state=args.seed,
+    )
+    return head.fit(embeddings, labels)
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

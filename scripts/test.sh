@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Every test: installs what is missing, makes sure PostgreSQL is up, runs pytest.
+# Extra arguments go to pytest (e.g. scripts/test.sh -k fingerprint).
+
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
+cd "$ROOT"
+
+# PostgreSQL tests need the local server (127.0.0.1:5432, trust auth); start it if it is down.
+if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -p 5432 -q; then
+    if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+        echo "==> Starting PostgreSQL"
+        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start || true
+    fi
+fi
+
+exec python -m pytest "$@"

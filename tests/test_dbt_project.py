@@ -1,0 +1,158 @@
+"""`dbt build` on real DuckDB files: clean, empty and dirty app data."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import duckdb
+
+from conftest import ROOT, demo_subset, load_app_data
+from test_dataset_rules import PLAIN_APP_TABLES
+
+DIRTY_ROWS = """
+insert into app.documents values
+    ('d1', 'd1.pdf', null, 1, '2026-01-01', null),
+    ('d1', 'd1-copy.pdf', null, 1, '2026-01-01', null),      -- duplicated key
+    ('d2', null, null, null, null, null),                    -- nulls in not-null columns
+    (null, 'orphan.pdf', null, 1, '2026-01-01', null),
+    ('gone', 'gone.pdf', null, 1, '2026-01-01', '2026-02-01');
+insert into app.annotations values
+    ('a1', 'd1', 1, 0, 0, 1, 1, 'Name:', 'question', 'accepted', '2026-01-01', '2026-01-01'),
+    ('a2', 'd2', null, null, null, null, null, 'Date:', null, 'weird', null, null),
+    ('a2', 'd2', 1, null, null, null, null, 'Date: (copy)', null, 'pending', null, null),
+    ('a3', 'missing', 1, null, null, null, null, 'x', null, 'pending', null, null),
+    ('a4', null, 1, null, null, null, null, null, null, 'pending', null, null),
+    ('a5', 'd2', 1, 1e300, -1e300, 0, 0, ' ', 'other', 'accepted', '2026-01-01', '2026-01-01'),
+    (null, 'd2', 1, null, null, null, null, 'no id', null, 'pending', null, null);
+insert into app.annotation_events values
+    (1, 'a1', 'accepted', 'question', 'user:r', '2026-01-02', null),
+    (1, 'a1', 'rejected', null, 'user:r', '2026-01-02', 'duplicate id'),
+    (2, 'a2', 'ACCEPTED', 'answer', 'user:r', '2026-01-02', null),
+    (3, 'a5', 'accepted', 'other', null, '2026-01-02', null),
+    (4, 'ghost', 'accepted', 'other', 'user:r', '2026-01-02', null),
+    (null, 'a1', 'accepted', 'header', 'user:r', '2026-01-03', null),
+    (5, null, 'ACCEPTED', 'header', 'user:r', '2026-01-03', null),
+    (6, 'a1', null, 'header', 'user:r', null, null);
+"""
+
+
+def results_by_status(workspace) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for result in workspace.run_results():
+        grouped.setdefault(result["status"], []).append(result["unique_id"])
+    return grouped
+
+
+def test_build_succeeds_on_dirty_data_and_warns_about_it(workspace):
+    with duckdb.connect(str(workspace.duckdb_path)) as connection:
+        connection.execute(PLAIN_APP_TABLES)
+        connection.execute(DIRTY_ROWS)
+
+    result = workspace.dbt("build")
+    statuses = results_by_status(workspace)
+
+    assert result.returncode == 0
+    assert "error" not in statuses and "fail" not in statuses
+    warned = statuses["warn"]
+    # Every warning comes from a test on the app's tables, never from the marts.
+    assert all(".source_" in unique_id for unique_id in warned), warned
+    for expected in ("unique_app_documents_document_id", "accepted_values_app_annotation_events_event_type",
+                     "relationships_app_annotation_events_annotation_id", "not_null_app_annotation_events_occurred_at"):
+        assert any(expected in unique_id for unique_id in warned), expected
+    # The unknown event type is counted per event, not per distinct spelling.
+    event_type_test = next(r for r in workspace.run_results() if "accepted_values_app_annotation_events_event_type" in r["unique_id"])
+    assert event_type_test["failures"] == 2  # two 'ACCEPTED' events (a null type is not_null's to count)
+
+    rows = workspace.query("select annotation_id, label from datasets.training_examples")
+    assert rows == []  # a1 is rejected on the exact tie, a2 and a5 are ambiguous or blank, the rest orphans
+
+
+def test_build_succeeds_on_empty_tables(workspace):
+    with duckdb.connect(str(workspace.duckdb_path)) as connection:
+        connection.execute(PLAIN_APP_TABLES)
+    workspace.dbt("build")
+    assert results_by_status(workspace).keys() == {"success", "pass"}
+    for relation in ("latest_accepted_annotations", "training_examples", "dataset_summary"):
+        assert workspace.query(f"select count(*) from datasets.{relation}") == [(0,)]
+
+
+def test_relations_are_views_in_the_datasets_schema_without_prefix(workspace):
+    load_app_data(workspace.database(), demo_subset(6))
+    workspace.dbt("build")
+    views = {
+        (schema, name)
+        for schema, name in workspace.query("select schema_name, view_name from duckdb_views() where not internal")
+    }
+    for relation in ("latest_accepted_annotations", "training_examples", "dataset_summary"):
+        assert ("datasets", relation) in views
+    assert all(schema == "datasets" for schema, _ in views)
+
+
+def test_mart_key_tests_error_and_app_table_tests_warn(workspace):
+    with duckdb.connect(str(workspace.duckdb_path)) as connection:
+        connection.execute(PLAIN_APP_TABLES)
+    workspace.dbt("parse")
+    manifest = json.loads((workspace.root / "dbt-target" / "manifest.json").read_text())
+    tests = [node for node in manifest["nodes"].values() if node["resource_type"] == "test"]
+    on_sources = [t for t in tests if any(dep.startswith("source.") for dep in t["depends_on"]["nodes"])]
+    on_marts = [
+        t for t in tests
+        if any(dep.split(".")[-1] in {"latest_accepted_annotations", "training_examples", "dataset_summary"}
+               for dep in t["depends_on"]["nodes"])
+    ]
+    assert on_sources and on_marts
+    assert {t["config"]["severity"].lower() for t in on_sources} == {"warn"}
+    assert {t["config"]["severity"].lower() for t in on_marts} == {"error"}
+    names = {t["name"] for t in on_marts}
+    assert "unique_training_examples_annotation_id" in names
+    assert any(name.startswith("one_split_per_document_training_examples") for name in names)
+    unit_tests = [node for node in manifest["unit_tests"].values()]
+    assert len(unit_tests) >= 19
+
+
+def test_split_disjointness_test_fails_when_a_document_straddles(workspace):
+    """The generic test is real: fed a relation with a straddling document, it fails."""
+    with duckdb.connect(str(workspace.duckdb_path)) as connection:
+        connection.execute(PLAIN_APP_TABLES)
+    workspace.dbt("run")
+    with duckdb.connect(str(workspace.duckdb_path)) as connection:
+        connection.execute(
+            "create or replace view datasets.training_examples as "
+            "select * from (values ('a1', 'd1', 'train'), ('a2', 'd1', 'eval')) as t(annotation_id, document_id, split)"
+        )
+    result = workspace.dbt("test", "--select", "test_name:one_split_per_document", check=False)
+    assert result.returncode == 1
+    assert [r["status"] for r in workspace.run_results()] == ["fail"]
+
+
+def test_eval_percent_must_be_an_integer_percentage(workspace):
+    with duckdb.connect(str(workspace.duckdb_path)) as connection:
+        connection.execute(PLAIN_APP_TABLES)
+    for bad in ("101", "-1", "12.5", "twenty"):
+        result = workspace.dbt("run", dbt_vars={"eval_percent": bad}, check=False)
+        assert result.returncode != 0
+        assert "eval_percent must be an integer from 0 to 100" in result.stdout
+
+
+def test_the_build_reads_the_app_schema_var_or_environment(workspace):
+    with duckdb.connect(str(workspace.duckdb_path)) as connection:
+        connection.execute(PLAIN_APP_TABLES.replace("app.", "tenant_7.").replace("schema if not exists app", "schema if not exists tenant_7"))
+        connection.execute(
+            "insert into tenant_7.documents values ('d1', 'd1.pdf', null, 1, '2026-01-01', null);"
+            "insert into tenant_7.annotations values ('a1', 'd1', 1, null, null, null, null, 'Name:', null, 'pending', '2026-01-01', '2026-01-01');"
+            "insert into tenant_7.annotation_events values (1, 'a1', 'accepted', 'question', 'user:r', ?, null);",
+            [datetime(2026, 1, 2)],
+        )
+    workspace.dbt("run", dbt_vars={"app_schema": "tenant_7"})
+    assert workspace.query("select annotation_id, label from datasets.training_examples") == [("a1", "question")]
+    # The same schema through the environment, as the trainer's --app-schema sees it.
+    workspace.dbt("run", TRAINER_APP_SCHEMA="tenant_7")
+    assert workspace.query("select annotation_id, label from datasets.training_examples") == [("a1", "question")]
+
+
+def test_profiles_take_every_setting_from_the_environment():
+    text = (ROOT / "profiles" / "profiles.yml").read_text()
+    for variable in ("TRAINER_TARGET", "TRAINER_DUCKDB_PATH", "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE"):
+        assert f"env_var('{variable}'" in text
+    assert "password: \"{{ env_var('PGPASSWORD', '') }}\"" in text  # no default secret

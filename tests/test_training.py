@@ -1,0 +1,198 @@
+"""The training service end to end on a real DuckDB file, a real dbt build and
+the real all-MiniLM-L6-v2 encoder, then every row it wrote."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import Workspace, demo_subset, load_app_data
+from trainer.arguments import TrainingArguments
+from trainer.artifacts import ArtifactStore, sha256_hex
+from trainer.classifier import SegmentClassifier
+from trainer.dataset import dataset_fingerprint, read_training_examples
+from trainer.errors import TrainingFailed
+from trainer.results_store import ResultsStore
+from trainer.settings import Settings
+from trainer.training import train
+
+pytestmark = pytest.mark.slow
+
+
+def test_runs_are_recorded_as_succeeded_with_params_and_dataset(trained):
+    space, first, second = trained
+    runs = space.query(
+        "select run_id, model_name, status, created_at, started_at, finished_at, error, params, "
+        "dataset_fingerprint, train_examples, eval_examples, artifact_uri from training.training_runs order by run_id"
+    )
+    assert [row[0] for row in runs] == [first.run_id, second.run_id]
+    examples = space.query("select split, count(*) from datasets.training_examples group by split")
+    counts = dict(examples)
+    with space.database().session() as session:
+        fingerprint = dataset_fingerprint(read_training_examples(session))
+    for row, result in zip(runs, (first, second)):
+        run_id, model_name, status, created, started, finished, error, params, fp, n_train, n_eval, uri = row
+        assert (model_name, status, error) == ("funsd", "succeeded", None)
+        assert created <= started <= finished
+        assert (n_train, n_eval) == (counts["train"], counts["eval"])
+        assert fp == fingerprint == result.dataset_fingerprint
+        assert uri == result.model_version.artifact_uri
+        stored = json.loads(params)
+        assert {k: stored[k] for k in TrainingArguments().to_dict()} == TrainingArguments(model_name="funsd", seed=7).to_dict()
+        assert stored["source"] == "database" and stored["target"] == "duckdb"
+        versions = stored["library_versions"]
+        for library in ("python", "torch", "sentence_transformers", "scikit_learn", "dbt_core", "database_engine"):
+            assert versions[library] and versions[library] != "not installed", library
+        assert versions["database_engine"].startswith("duckdb ")
+
+
+def test_model_versions_count_up_per_model_name(trained):
+    space, first, second = trained
+    rows = space.query(
+        "select model_version_id, model_name, version, run_id, artifact_uri, artifact_sha256, created_at "
+        "from training.model_versions order by version"
+    )
+    assert [(name, version, run_id) for _, name, version, run_id, *_ in rows] == [
+        ("funsd", 1, first.run_id),
+        ("funsd", 2, second.run_id),
+    ]
+    assert rows[0][4] != rows[1][4]  # each run has its own artifact
+
+
+def test_every_metric_is_written_overall_and_per_label(trained):
+    space, first, _ = trained
+    rows = space.query(
+        "select model_version_id, split, name, label, value from training.metrics where run_id = ?", [first.run_id]
+    )
+    assert {row[0] for row in rows} == {first.model_version.model_version_id}
+    eval_labels = {label for (label,) in space.query("select distinct label from datasets.training_examples where split = 'eval'")}
+    for split in ("eval", "train"):
+        overall = {name: value for _, s, name, label, value in rows if s == split and label is None}
+        assert set(overall) == {"accuracy", "macro_f1", "coverage", "selective_accuracy"}
+        assert all(0.0 <= value <= 1.0 for value in overall.values())
+        per_label = [(name, label, value) for _, s, name, label, value in rows if s == split and label is not None]
+        labels = {label for _, label, _ in per_label}
+        if split == "eval":
+            assert eval_labels <= labels
+        for label in labels:
+            assert {name for name, l, _ in per_label if l == label} == {"precision", "recall", "f1", "support"}
+        support = sum(value for name, _, value in per_label if name == "support")
+        assert support == space.query("select count(*) from datasets.training_examples where split = ?", [split])[0][0]
+
+
+def test_stored_metrics_match_the_stored_model_on_the_eval_split(trained):
+    """Recompute accuracy, coverage and selective accuracy from the saved artifact."""
+    space, first, _ = trained
+    store = ArtifactStore(str(space.artifacts))
+    classifier = SegmentClassifier.load(store, first.model_version.artifact_uri, first.model_version.artifact_sha256)
+    rows = space.query("select text, label from datasets.training_examples where split = 'eval' order by annotation_id")
+    predicted, confidence = classifier.predict([text for text, _ in rows], progress=False)
+    truth = np.array([label for _, label in rows])
+    predicted = np.array(predicted)
+    covered = confidence >= classifier.confidence_threshold
+    expected = {
+        "accuracy": float((predicted == truth).mean()),
+        "coverage": float(covered.mean()),
+        "selective_accuracy": float((predicted[covered] == truth[covered]).mean()),
+    }
+    stored = dict(
+        space.query(
+            "select name, value from training.metrics where run_id = ? and split = 'eval' and label is null",
+            [first.run_id],
+        )
+    )
+    for name, value in expected.items():
+        assert math.isclose(stored[name], value, abs_tol=1e-9), name
+    assert stored["accuracy"] > 0.5  # far above chance (4 labels): the model learned something
+
+
+def test_same_examples_and_seed_give_the_same_metrics(trained):
+    space, first, second = trained
+    query = "select split, name, coalesce(label, ''), value from training.metrics where run_id = ? order by 1, 2, 3"
+    assert space.query(query, [first.run_id]) == space.query(query, [second.run_id])
+
+
+def test_artifact_is_complete_and_matches_its_recorded_hash(trained):
+    space, first, _ = trained
+    store = ArtifactStore(str(space.artifacts))
+    uri = first.model_version.artifact_uri
+    manifest_bytes = store.read_bytes(store.join(uri, "model.json"))
+    assert sha256_hex(manifest_bytes) == first.model_version.artifact_sha256
+    manifest = json.loads(manifest_bytes)
+    for name, digest in manifest["files"].items():
+        assert sha256_hex(store.read_bytes(store.join(uri, name))) == digest
+    assert manifest["run_id"] == first.run_id and manifest["model_name"] == "funsd"
+    assert manifest["embedding_model"]["name"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert len(manifest["embedding_model"]["weights_sha256"]) == 64
+    assert not [path for path in space.artifacts.rglob("*") if ".partial-" in path.name]
+    assert not [path for path in space.artifacts.rglob("*.pkl")]
+
+
+def test_a_tampered_artifact_is_refused(trained, tmp_path):
+    space, first, _ = trained
+    store = ArtifactStore(str(space.artifacts))
+    with pytest.raises(Exception, match="sha256"):
+        SegmentClassifier.load(store, first.model_version.artifact_uri, "0" * 64)
+
+
+# -- failure paths -----------------------------------------------------------------
+
+
+def prepared(tmp_path, documents: int | None = 10, dbt_vars=None, build=True) -> Workspace:
+    space = Workspace(tmp_path)
+    database = space.database()
+    with database.session(create=True) as session:
+        ResultsStore(database).migrate(session)
+    if documents is not None:
+        load_app_data(database, demo_subset(documents))
+    else:
+        from trainer.app_tables import create_app_tables
+
+        with database.session() as session:
+            create_app_tables(session, "app")
+    if build:
+        space.dbt("run", dbt_vars=dbt_vars)
+    return space
+
+
+def assert_failed_run_only(space: Workspace, message_part: str) -> None:
+    runs = space.query("select status, error, finished_at from training.training_runs")
+    assert len(runs) == 1
+    status, error, finished_at = runs[0]
+    assert status == "failed" and message_part in error and finished_at is not None
+    assert space.query("select count(*) from training.model_versions") == [(0,)]
+    assert space.query("select count(*) from training.metrics") == [(0,)]
+
+
+def test_no_accepted_examples_fails_the_run_saying_so(tmp_path):
+    space = prepared(tmp_path, documents=None)
+    with pytest.raises(TrainingFailed, match="no training examples"):
+        train(TrainingArguments(), space.settings(), progress=False)
+    assert_failed_run_only(space, "no training examples")
+
+
+def test_empty_eval_split_fails_the_run_saying_so(tmp_path):
+    space = prepared(tmp_path, dbt_vars={"eval_percent": 0})
+    with pytest.raises(TrainingFailed, match="the eval split is empty"):
+        train(TrainingArguments(), space.settings(), progress=False)
+    assert_failed_run_only(space, "eval split is empty")
+
+
+def test_missing_views_fail_the_run_and_say_how_to_build_them(tmp_path):
+    space = prepared(tmp_path, build=False)
+    with pytest.raises(TrainingFailed, match="dbt build --profiles-dir profiles"):
+        train(TrainingArguments(), space.settings(), progress=False)
+    assert_failed_run_only(space, "datasets.training_examples does not exist")
+
+
+def test_an_unwritable_artifact_store_leaves_no_model_version(tmp_path):
+    space = prepared(tmp_path)
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the store's directory should be")
+    settings = Settings.from_env(environ=space.env(TRAINER_ARTIFACTS_URL=str(blocker / "artifacts")))
+    with pytest.raises(TrainingFailed, match="cannot write artifact"):
+        train(TrainingArguments(), settings, progress=False)
+    assert_failed_run_only(space, "cannot write artifact")
