@@ -27,6 +27,13 @@ find_python() {
     return 1
 }
 
+# pip on this kind of machine warns about every index location it skips; the
+# warnings say nothing about the install, so they are filtered (errors still show).
+pip_install() {
+    { "$VENV/bin/python" -m pip install --quiet "$@" 2>&1; } \
+        | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}
+
 if [ ! -x "$VENV/bin/python" ]; then
     PYTHON_BIN="$(find_python)"
     echo "==> Creating $VENV with $("$PYTHON_BIN" --version)"
@@ -38,10 +45,10 @@ wanted_stamp="$(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum |
 if [ ! -f "$stamp_file" ] || [ "$(cat "$stamp_file")" != "$wanted_stamp" ]; then
     if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(0 if m.version('torch').split('+')[0] == '$TORCH_VERSION' else 1)" 2>/dev/null; then
         echo "==> Installing torch==$TORCH_VERSION (CPU) first"
-        "$VENV/bin/python" -m pip install --quiet "torch==$TORCH_VERSION"
+        pip_install "torch==$TORCH_VERSION"
     fi
     echo "==> Installing training-db-pipeline and its test tools"
-    "$VENV/bin/python" -m pip install --quiet -c "$ROOT/constraints.txt" -e "$ROOT[test]"
+    pip_install -c "$ROOT/constraints.txt" -e "$ROOT[test]"
     echo "$wanted_stamp" > "$stamp_file"
 fi
 
