@@ -1,33 +1,66 @@
 #!/usr/bin/env bash
-# The whole pipeline on the embedded default (DuckDB), from a fresh checkout:
-# install, load the bundled FUNSD forms into the app's tables, build the dataset
-# views with dbt, train a model and print the metrics it wrote to the database.
-# Run it again to add another run (the model's next version).
+# The whole pipeline from a fresh checkout: install, load the bundled FUNSD forms
+# into the app's tables, build the dataset views with dbt, train a model and print
+# the metrics it wrote to the database. Run it again to add another run (the
+# model's next version).
 #
-# Settings come from the environment (see README): TRAINER_DUCKDB_PATH,
-# TRAINER_ARTIFACTS_URL. The demo always uses the duckdb target.
+#   scripts/demo.sh                     # DuckDB, the embedded default (warehouse.duckdb)
+#   scripts/demo.sh --target postgres   # PostgreSQL from PGHOST/PGPORT/PGUSER/PGPASSWORD;
+#                                       # PGDATABASE (default training_db_pipeline_demo)
+#                                       # is created when it does not exist
+#
+# Other settings come from the environment (see README): TRAINER_DUCKDB_PATH,
+# TRAINER_ARTIFACTS_URL.
 
 set -euo pipefail
+
+target=duckdb
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --target) target="${2:-}"; shift 2 ;;
+        --target=*) target="${1#--target=}"; shift ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        *) echo "scripts/demo.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+    esac
+done
+case "$target" in
+    duckdb|postgres) ;;
+    *) echo "scripts/demo.sh: --target must be duckdb or postgres, not '$target'" >&2; exit 2 ;;
+esac
+
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 cd "$ROOT"
-export TRAINER_TARGET=duckdb
+export TRAINER_TARGET="$target"
+
+if [ "$target" = postgres ]; then
+    export PGDATABASE="${PGDATABASE:-training_db_pipeline_demo}"
+    python - <<'PY'
+import os, psycopg
+from psycopg import sql
+name = os.environ["PGDATABASE"]
+with psycopg.connect(dbname="postgres", autocommit=True) as connection:
+    if not connection.execute("select 1 from pg_database where datname = %s", (name,)).fetchone():
+        connection.execute(sql.SQL("create database {} template template0 encoding 'UTF8'").format(sql.Identifier(name)))
+        print(f"==> Created PostgreSQL database {name}")
+PY
+fi
 
 echo "==> Creating the app's tables and the results tables"
-python -m trainer init-db
+python -m trainer init-db --with-app-tables
 
 echo "==> Loading the FUNSD demo forms into the app's tables"
 python -m trainer load-demo
 
 echo "==> Building the dataset views with dbt (tests on the app's tables may warn: the demo has dirt on purpose)"
-dbt build --profiles-dir profiles --target duckdb --log-level warn
+dbt build --profiles-dir profiles --target "$target" --log-level warn
 python - <<'PY'
-import duckdb, os
-path = os.environ.get("TRAINER_DUCKDB_PATH", "warehouse.duckdb")
-with duckdb.connect(path, read_only=True) as connection:
+from trainer.db import Database
+from trainer.settings import Settings
+with Database(Settings.from_env()).session() as session:
     print("datasets.dataset_summary:")
-    for split, label, examples, documents in connection.execute(
+    for split, label, examples, documents in session.fetchall(
         "select split, label, examples, documents from datasets.dataset_summary order by split desc, label"
-    ).fetchall():
+    ):
         print(f"  {split:<5}  {label:<9} {examples:>6} examples in {documents:>3} documents")
 PY
 
@@ -35,6 +68,10 @@ echo "==> Training"
 python -m trainer train
 
 echo
-echo "Done. The DuckDB file holds the app's tables, the datasets views and the results:"
-echo "  python -m trainer runs                      # every run"
-echo "  .venv/bin/python -c \"import duckdb; print(duckdb.connect('${TRAINER_DUCKDB_PATH:-warehouse.duckdb}', read_only=True).sql('select * from datasets.training_examples limit 5'))\""
+echo "Done. The database holds the app's tables (app), the dataset views (datasets) and the results (training):"
+echo "  .venv/bin/python -m trainer runs --target $target"
+if [ "$target" = duckdb ]; then
+    echo "  .venv/bin/python -c \"import duckdb; print(duckdb.connect('${TRAINER_DUCKDB_PATH:-warehouse.duckdb}', read_only=True).sql('select * from datasets.training_examples limit 5'))\""
+else
+    echo "  psql -c 'select * from datasets.training_examples limit 5'   # with PGDATABASE=$PGDATABASE"
+fi

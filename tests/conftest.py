@@ -1,13 +1,20 @@
-"""Shared fixtures: every test gets its own DuckDB file and artifact store, and
-dbt runs for real against them."""
+"""Shared fixtures. Every test gets its own database, on DuckDB (a file) or on
+PostgreSQL (a database this test session creates on the local server and drops
+at the end), its own artifact store, and dbt runs for real against them.
+
+One parametrized fixture, ``engine``, runs a test on both engines. PostgreSQL is
+found through PGHOST/PGPORT/PGUSER (default 127.0.0.1:5432, user postgres);
+when it cannot be reached its tests are skipped, or fail when CI=true.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,12 +24,62 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+ENGINES = ("duckdb", "postgres")
+PG_HOST = os.environ.get("PGHOST") or "127.0.0.1"
+PG_PORT = os.environ.get("PGPORT") or "5432"
+PG_USER = os.environ.get("PGUSER") or "postgres"
+
+
+class PostgresServer:
+    """Creates throwaway databases for this test session and drops them all at the end."""
+
+    def __init__(self):
+        self.prefix = f"tdp_test_{os.getpid()}_{secrets.token_hex(3)}"
+        self.created: list[str] = []
+
+    def connect(self, dbname: str = "postgres", user: str | None = None):
+        import psycopg
+
+        return psycopg.connect(
+            host=PG_HOST, port=PG_PORT, user=user or PG_USER, dbname=dbname, autocommit=True, connect_timeout=5
+        )
+
+    def create_database(self) -> str:
+        name = f"{self.prefix}_{len(self.created)}"
+        with self.connect() as connection:
+            connection.execute(f'create database "{name}" template template0 encoding \'UTF8\'')
+        self.created.append(name)
+        return name
+
+    def drop_all(self) -> None:
+        with self.connect() as connection:
+            for name in self.created:
+                connection.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    server = PostgresServer()
+    try:
+        with server.connect() as connection:
+            connection.execute("select 1")
+    except Exception as exc:  # any failure to reach the server
+        message = f"PostgreSQL unreachable at {PG_HOST}:{PG_PORT} as {PG_USER}: {exc}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + " (CI=true: PostgreSQL tests must run)")
+        pytest.skip(message)
+    yield server
+    server.drop_all()
+
 
 @dataclass
 class Workspace:
-    """An isolated set of CONTRACT §6 settings under a temporary directory."""
+    """An isolated set of CONTRACT §6 settings: one database, one artifact store."""
 
     root: Path
+    target: str = "duckdb"
+    pg_database: str | None = None
+    server: PostgresServer | None = field(default=None, repr=False)
 
     @property
     def duckdb_path(self) -> Path:
@@ -35,18 +92,20 @@ class Workspace:
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
-            TRAINER_TARGET="duckdb",
+            TRAINER_TARGET=self.target,
             TRAINER_DUCKDB_PATH=str(self.duckdb_path),
             TRAINER_ARTIFACTS_URL=str(self.artifacts),
             DBT_SEND_ANONYMOUS_USAGE_STATS="false",
         )
+        if self.target == "postgres":
+            env.update(PGHOST=PG_HOST, PGPORT=PG_PORT, PGUSER=PG_USER, PGDATABASE=self.pg_database)
         env.update(extra)
         return env
 
-    def settings(self):
+    def settings(self, **extra: str):
         from trainer.settings import Settings
 
-        return Settings.from_env(environ=self.env())
+        return Settings.from_env(environ=self.env(**extra))
 
     def database(self):
         from trainer.db import Database
@@ -54,7 +113,7 @@ class Workspace:
         return Database(self.settings())
 
     def dbt(self, *args: str, dbt_vars: dict | None = None, check: bool = True, **env: str) -> subprocess.CompletedProcess:
-        """Run dbt from the repository on this workspace's DuckDB file."""
+        """Run dbt from the repository against this workspace's database."""
         command = [
             str(BIN / "dbt"),
             *args,
@@ -63,7 +122,7 @@ class Workspace:
             "--profiles-dir",
             str(ROOT / "profiles"),
             "--target",
-            "duckdb",
+            self.target,
             "--target-path",
             str(self.root / "dbt-target"),
             "--log-path",
@@ -90,20 +149,86 @@ class Workspace:
             check=check,
         )
 
-    def query(self, sql: str, params: list | None = None) -> list[tuple]:
-        import duckdb
+    def spawn_trainer(self, *args: str, **env: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "trainer", *args],
+            cwd=self.root,
+            env=self.env(**env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
-        with duckdb.connect(str(self.duckdb_path), read_only=True) as connection:
-            return connection.execute(sql, params or []).fetchall()
+    def query(self, sql: str, params: list | tuple = ()) -> list[tuple]:
+        """Rows of a query, `?` placeholders on both engines."""
+        with self.database().session(create=True) as session:
+            return session.fetchall(sql, params)
+
+    def execute_script(self, sql: str) -> None:
+        """Run several `;`-separated statements (no parameters)."""
+        if self.target == "duckdb":
+            import duckdb
+
+            with duckdb.connect(str(self.duckdb_path)) as connection:
+                connection.execute(sql)
+        else:
+            with self.server.connect(self.pg_database) as connection:
+                connection.execute(sql)
+
+    def replace_rows(self, table: str, columns: list[str], rows: list[tuple]) -> None:
+        """Delete every row of `table` and insert `rows` as they are (no key checks)."""
+        if self.target == "duckdb":
+            import duckdb
+
+            with duckdb.connect(str(self.duckdb_path)) as connection:
+                connection.execute(f"delete from {table}")
+                if rows:
+                    staged = pa.Table.from_pylist([dict(zip(columns, row)) for row in rows])  # noqa: F841
+                    connection.execute(f"insert into {table} ({', '.join(columns)}) select {', '.join(columns)} from staged")
+        else:
+            with self.server.connect(self.pg_database) as connection:
+                with connection.transaction():
+                    connection.execute(f"delete from {table}")
+                    with connection.cursor().copy(f"copy {table} ({', '.join(columns)}) from stdin") as copy:
+                        for row in rows:
+                            copy.write_row(row)
+
+
+def new_workspace(root: Path, engine: str, request) -> Workspace:
+    if engine == "postgres":
+        server = request.getfixturevalue("postgres_server")
+        return Workspace(root, "postgres", server.create_database(), server)
+    return Workspace(root, "duckdb")
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request) -> str:
+    return request.param
+
+
+def _isolate(space: Workspace, monkeypatch) -> Workspace:
+    for key, value in space.env().items():
+        if key.startswith(("TRAINER_", "DBT_", "PG")):
+            monkeypatch.setenv(key, value)
+    return space
 
 
 @pytest.fixture
-def workspace(tmp_path, monkeypatch) -> Workspace:
-    space = Workspace(tmp_path)
-    for key, value in space.env().items():
-        if key.startswith(("TRAINER_", "DBT_")):
-            monkeypatch.setenv(key, value)
-    return space
+def workspace(tmp_path, engine, request, monkeypatch) -> Workspace:
+    """A fresh workspace on each engine in turn."""
+    return _isolate(new_workspace(tmp_path, engine, request), monkeypatch)
+
+
+@pytest.fixture
+def duckdb_workspace(tmp_path, monkeypatch) -> Workspace:
+    """A fresh workspace on the embedded default only (for DuckDB-specific behaviour)."""
+    return _isolate(Workspace(tmp_path), monkeypatch)
+
+
+@pytest.fixture
+def postgres_workspace(tmp_path, request, monkeypatch) -> Workspace:
+    """A fresh workspace on PostgreSQL only (for PostgreSQL-specific behaviour)."""
+    return _isolate(new_workspace(tmp_path, "postgres", request), monkeypatch)
 
 
 def demo_subset(document_count: int):
@@ -118,14 +243,9 @@ def demo_subset(document_count: int):
     annotations = pa.Table.from_pylist(
         [row for row in data.annotations.to_pylist() if row["document_id"] in keep], schema=data.annotations.schema
     )
-    kept_ids = {f"{row['annotation_id']}" for row in annotations.to_pylist()}
     prefixes = tuple(f"{doc}-" for doc in keep)
     events = pa.Table.from_pylist(
-        [
-            row
-            for row in data.annotation_events.to_pylist()
-            if row["annotation_id"] in kept_ids or row["annotation_id"].startswith(prefixes)
-        ],
+        [row for row in data.annotation_events.to_pylist() if row["annotation_id"].startswith(prefixes)],
         schema=data.annotation_events.schema,
     )
     return DemoData(documents, annotations, events)
@@ -141,23 +261,63 @@ def load_app_data(database, data, schema: str = "app") -> None:
         session.insert_missing(f"{schema}.annotation_events", "event_id", data.annotation_events)
 
 
-TRAINED_DOCUMENTS = 30  # about 1,400 segments: seconds to embed, enough for every label
+_TEMPLATES: dict[tuple, Workspace] = {}
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    """A workspace with two succeeded runs of model `funsd` on the first 30 demo forms."""
-    from trainer.arguments import TrainingArguments
+def prepared_workspace(space: Workspace, documents: int | None = 10, dbt_vars=None, build: bool = True) -> Workspace:
+    """Results tables, the first `documents` demo forms (None: empty app tables), and the views.
+
+    Each combination is built once per session (dbt takes seconds) and copied into
+    the workspace: the DuckDB file is copied, the PostgreSQL database is created
+    from the built one as its template.
+    """
+    key = (space.target, documents, json.dumps(dbt_vars, sort_keys=True), build)
+    template = _TEMPLATES.get(key)
+    if template is None:
+        import tempfile
+
+        root = Path(tempfile.mkdtemp(prefix="template-", dir=space.root.parent))
+        template = Workspace(root, space.target, space.pg_database and space.server.create_database(), space.server)
+        _build(template, documents, dbt_vars, build)
+        _TEMPLATES[key] = template
+    if space.target == "duckdb":
+        import shutil
+
+        shutil.copyfile(template.duckdb_path, space.duckdb_path)
+    else:
+        with space.server.connect() as connection:
+            connection.execute(f'drop database "{space.pg_database}"')
+            connection.execute(f'create database "{space.pg_database}" template "{template.pg_database}"')
+    return space
+
+
+def _build(space: Workspace, documents: int | None, dbt_vars, build: bool) -> None:
+    from trainer.app_tables import create_app_tables
     from trainer.results_store import ResultsStore
-    from trainer.training import train
 
-    space = Workspace(tmp_path_factory.mktemp("trained"))
-    settings = space.settings()
     database = space.database()
     with database.session(create=True) as session:
         ResultsStore(database).migrate(session)
-    load_app_data(database, demo_subset(TRAINED_DOCUMENTS))
+        create_app_tables(session, "app")
+    if documents is not None:
+        load_app_data(database, demo_subset(documents))
+    if build:
+        space.dbt("run", dbt_vars=dbt_vars)
+
+
+TRAINED_DOCUMENTS = 30  # about 1,400 segments: seconds to embed, enough for every label
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def trained(request, tmp_path_factory):
+    """A workspace with two succeeded runs of model `funsd` on the first 30 demo forms."""
+    from trainer.arguments import TrainingArguments
+    from trainer.training import train
+
+    space = new_workspace(tmp_path_factory.mktemp(f"trained-{request.param}"), request.param, request)
+    prepared_workspace(space, TRAINED_DOCUMENTS, build=False)
     space.dbt("build")
+    settings = space.settings()
     first = train(TrainingArguments(model_name="funsd", seed=7), settings, progress=False)
     second = train(TrainingArguments(model_name="funsd", seed=7), settings, progress=False)
     return space, first, second

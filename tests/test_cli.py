@@ -9,10 +9,11 @@ import pytest
 from conftest import TRAINED_DOCUMENTS, demo_subset
 from trainer.demo import build_demo_data, read_segments
 
-COMMANDS = ("init-db", "load-demo", "train", "predict", "runs", "metrics")
+COMMANDS = ("init-db", "load-demo", "train", "request", "worker", "reap", "predict", "runs", "metrics")
 
 
-def test_help_lists_every_command_and_the_settings(workspace):
+def test_help_lists_every_command_and_the_settings(duckdb_workspace):
+    workspace = duckdb_workspace
     result = workspace.trainer("--help")
     assert result.returncode == 0
     for command in COMMANDS:
@@ -24,13 +25,14 @@ def test_help_lists_every_command_and_the_settings(workspace):
         assert sub.returncode == 0 and "Usage:" in sub.stdout
 
 
-def test_init_db_creates_named_constraints_and_is_idempotent(workspace):
+def test_init_db_creates_named_constraints_and_is_idempotent(duckdb_workspace):
+    workspace = duckdb_workspace
     first = workspace.trainer("init-db")
     assert first.returncode == 0, first.stderr
     assert "app.documents, app.annotations, app.annotation_events" in first.stdout
     second = workspace.trainer("init-db")
     assert second.returncode == 0
-    assert "already present" in second.stdout and "up to date" in second.stdout
+    assert "App tables: present" in second.stdout and "up to date" in second.stdout
 
     tables = set(workspace.query("select schema_name, table_name from duckdb_tables()"))
     for table in ("documents", "annotations", "annotation_events"):
@@ -78,7 +80,66 @@ def test_load_demo_twice_inserts_nothing_the_second_time(workspace):
     )[0] == counts
 
 
-def test_train_without_a_database_fails_in_one_line(workspace):
+def test_init_db_on_postgres_leaves_the_apps_tables_to_the_app(postgres_workspace):
+    workspace = postgres_workspace
+    first = workspace.trainer("init-db")
+    assert first.returncode == 0, first.stderr
+    assert "App tables missing in schema app: documents, annotations, annotation_events" in first.stdout
+    assert "applied migration(s) 1, 2" in first.stdout
+    schemas = {name for (name,) in workspace.query("select schema_name from information_schema.schemata")}
+    assert "training" in schemas and "app" not in schemas
+    names = {name for (name,) in workspace.query(
+        "select constraint_name from information_schema.table_constraints where table_schema = 'training'")}
+    assert {"training_runs_run_id_pkey", "training_runs_status_check", "model_versions_run_id_run_id_fkey",
+            "model_versions_model_name_version_key", "metrics_run_id_run_id_fkey"} <= names
+
+    second = workspace.trainer("init-db", "--with-app-tables")
+    assert second.returncode == 0, second.stderr
+    assert "App tables created: app.documents, app.annotations, app.annotation_events" in second.stdout
+    assert "Results schema: up to date" in second.stdout
+    assert workspace.query("select version from training.schema_migrations order by version") == [(1,), (2,)]
+
+
+def test_init_db_applies_only_the_missing_migrations(workspace):
+    from trainer.results_store import MIGRATIONS, ResultsStore
+
+    database = workspace.database()
+    store = ResultsStore(database)
+    all_migrations = list(MIGRATIONS)
+    try:
+        MIGRATIONS[:] = all_migrations[:1]
+        with database.session(create=True) as session:
+            assert store.migrate(session) == [1]
+    finally:
+        MIGRATIONS[:] = all_migrations
+    result = workspace.trainer("init-db", "--with-app-tables")
+    assert result.returncode == 0, result.stderr
+    assert "applied migration(s) 2" in result.stdout
+    columns = {name for (name,) in workspace.query(
+        "select column_name from information_schema.columns where table_schema = 'training' and table_name = 'training_runs'")}
+    assert {"heartbeat_at", "worker"} <= columns
+
+
+def test_a_newer_results_schema_is_refused(workspace):
+    assert workspace.trainer("init-db", "--with-app-tables").returncode == 0
+    workspace.execute_script(
+        "insert into training.schema_migrations (version, name, applied_at) values (99, 'from the future', '2027-01-01')"
+    )
+    result = workspace.trainer("train")
+    assert result.returncode == 1
+    assert "migration(s) [99] that this trainer does not know" in result.stderr
+
+
+def test_an_unreachable_postgres_fails_in_one_line(duckdb_workspace):
+    result = duckdb_workspace.trainer("train", "--target", "postgres", PGHOST="127.0.0.1", PGPORT="1", PGDATABASE="none")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("Error: cannot connect to PostgreSQL database none on 127.0.0.1:1: ")
+
+
+def test_train_without_a_database_fails_in_one_line(duckdb_workspace):
+    workspace = duckdb_workspace
     result = workspace.trainer("train")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -87,7 +148,7 @@ def test_train_without_a_database_fails_in_one_line(workspace):
 
 
 def test_train_with_no_examples_exits_1_and_records_the_failed_run(workspace):
-    assert workspace.trainer("init-db").returncode == 0
+    assert workspace.trainer("init-db", "--with-app-tables").returncode == 0
     workspace.dbt("run")
     result = workspace.trainer("train", "--quiet")
     assert result.returncode == 1
@@ -98,7 +159,7 @@ def test_train_with_no_examples_exits_1_and_records_the_failed_run(workspace):
 
 
 def test_invalid_options_are_refused_before_any_run(workspace):
-    assert workspace.trainer("init-db").returncode == 0
+    assert workspace.trainer("init-db", "--with-app-tables").returncode == 0
     bad_threshold = workspace.trainer("train", "--confidence-threshold", "1.5")
     assert bad_threshold.returncode == 2 and "--confidence-threshold" in bad_threshold.stderr
     bad_name = workspace.trainer("train", "--model-name", "../escape")

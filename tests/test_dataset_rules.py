@@ -9,21 +9,21 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-import duckdb
-import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import Workspace
+from conftest import ENGINES, Workspace, new_workspace
 from reference import Annotation, Document, Event, dataset_summary, training_examples
+from trainer.dataset import EXAMPLE_COLUMNS
 
 PLAIN_APP_TABLES = """
 create schema if not exists app;
 create table app.documents (document_id text, filename text, sha256 text, page_count integer,
     created_at timestamp, deleted_at timestamp);
 create table app.annotations (annotation_id text, document_id text, page integer,
-    x0 double, y0 double, x1 double, y1 double, text text, label text, status text,
+    x0 double precision, y0 double precision, x1 double precision, y1 double precision,
+    text text, label text, status text,
     created_at timestamp, updated_at timestamp);
 create table app.annotation_events (event_id bigint, annotation_id text, event_type text, label text,
     actor text, occurred_at timestamp, note text);
@@ -118,43 +118,53 @@ CONFIGURATIONS = {
 }
 
 
-def replace_app_data(path, document_rows, annotation_rows, event_rows) -> None:
-    with duckdb.connect(str(path)) as connection:
-        for table, rows, kind in (
-            ("documents", document_rows, Document),
-            ("annotations", annotation_rows, Annotation),
-            ("annotation_events", event_rows, Event),
-        ):
-            connection.execute(f"delete from app.{table}")
-            columns = list(kind.__dataclass_fields__)
-            if rows:
-                staged = pa.Table.from_pylist([row.__dict__ for row in rows])  # noqa: F841 (read by DuckDB)
-                connection.execute(f"insert into app.{table} ({', '.join(columns)}) select {', '.join(columns)} from staged")
+def replace_app_data(space: Workspace, document_rows, annotation_rows, event_rows) -> None:
+    for table, rows, kind in (
+        ("app.documents", document_rows, Document),
+        ("app.annotations", annotation_rows, Annotation),
+        ("app.annotation_events", event_rows, Event),
+    ):
+        columns = list(kind.__dataclass_fields__)
+        space.replace_rows(table, columns, [tuple(getattr(row, name) for name in columns) for row in rows])
 
 
-def view_rows(path, relation: str) -> list[dict]:
-    with duckdb.connect(str(path), read_only=True) as connection:
-        result = connection.execute(f"select * from datasets.{relation}")
-        names = [column[0] for column in result.description]
-        return [dict(zip(names, row)) for row in result.fetchall()]
+RELATION_COLUMNS = {
+    "training_examples": list(EXAMPLE_COLUMNS),
+    "latest_accepted_annotations": [name for name in EXAMPLE_COLUMNS if name != "split"],
+    "dataset_summary": ["split", "label", "examples", "documents"],
+}
 
 
-@pytest.fixture(scope="module", params=list(CONFIGURATIONS))
-def built_views(request, tmp_path_factory):
-    space = Workspace(tmp_path_factory.mktemp("rules"))
-    with duckdb.connect(str(space.duckdb_path)) as connection:
-        connection.execute(PLAIN_APP_TABLES)
-    dbt_vars = CONFIGURATIONS[request.param]
+def view_rows(space: Workspace, relation: str) -> list[dict]:
+    columns = RELATION_COLUMNS[relation]
+    rows = space.query(f"select {', '.join(columns)} from datasets.{relation}")
+    return [dict(zip(columns, row)) for row in rows]
+
+
+def build_views(space: Workspace, dbt_vars: dict) -> Workspace:
+    space.execute_script(PLAIN_APP_TABLES)
     space.dbt("run", dbt_vars=dbt_vars)
-    return space, dbt_vars
+    return space
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.fixture(
+    scope="module",
+    params=[(engine, name) for engine in ENGINES for name in CONFIGURATIONS],
+    ids=lambda param: f"{param[0]}-{param[1]}",
+)
+def built_views(request, tmp_path_factory):
+    engine, configuration = request.param
+    space = new_workspace(tmp_path_factory.mktemp("rules"), engine, request)
+    dbt_vars = CONFIGURATIONS[configuration]
+    return build_views(space, dbt_vars), dbt_vars
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(state=app_states())
 def test_views_follow_the_contract(built_views, state):
     space, dbt_vars = built_views
     document_rows, annotation_rows, event_rows = state
-    replace_app_data(space.duckdb_path, document_rows, annotation_rows, event_rows)
+    replace_app_data(space, document_rows, annotation_rows, event_rows)
     expected = training_examples(
         document_rows,
         annotation_rows,
@@ -163,16 +173,18 @@ def test_views_follow_the_contract(built_views, state):
         eval_percent=dbt_vars.get("eval_percent", 20),
     )
 
-    examples = view_rows(space.duckdb_path, "training_examples")
+    examples = view_rows(space, "training_examples")
     assert {row["annotation_id"]: row for row in examples} == expected
     assert len(examples) == len(expected)
 
-    latest = view_rows(space.duckdb_path, "latest_accepted_annotations")
+    latest = view_rows(space, "latest_accepted_annotations")
     assert {row["annotation_id"]: row for row in latest} == {
         key: {name: value for name, value in row.items() if name != "split"} for key, row in expected.items()
     }
 
-    summary = {(row["split"], row["label"]): (row["examples"], row["documents"]) for row in view_rows(space.duckdb_path, "dataset_summary")}
+    summary = {
+        (row["split"], row["label"]): (row["examples"], row["documents"]) for row in view_rows(space, "dataset_summary")
+    }
     assert summary == dataset_summary(expected)
 
 

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
-
-import duckdb
-
 from conftest import ROOT, demo_subset, load_app_data
 from test_dataset_rules import PLAIN_APP_TABLES
 
@@ -45,9 +41,7 @@ def results_by_status(workspace) -> dict[str, list[str]]:
 
 
 def test_build_succeeds_on_dirty_data_and_warns_about_it(workspace):
-    with duckdb.connect(str(workspace.duckdb_path)) as connection:
-        connection.execute(PLAIN_APP_TABLES)
-        connection.execute(DIRTY_ROWS)
+    workspace.execute_script(PLAIN_APP_TABLES + DIRTY_ROWS)
 
     result = workspace.dbt("build")
     statuses = results_by_status(workspace)
@@ -69,8 +63,7 @@ def test_build_succeeds_on_dirty_data_and_warns_about_it(workspace):
 
 
 def test_build_succeeds_on_empty_tables(workspace):
-    with duckdb.connect(str(workspace.duckdb_path)) as connection:
-        connection.execute(PLAIN_APP_TABLES)
+    workspace.execute_script(PLAIN_APP_TABLES)
     workspace.dbt("build")
     assert results_by_status(workspace).keys() == {"success", "pass"}
     for relation in ("latest_accepted_annotations", "training_examples", "dataset_summary"):
@@ -80,18 +73,17 @@ def test_build_succeeds_on_empty_tables(workspace):
 def test_relations_are_views_in_the_datasets_schema_without_prefix(workspace):
     load_app_data(workspace.database(), demo_subset(6))
     workspace.dbt("build")
-    views = {
-        (schema, name)
-        for schema, name in workspace.query("select schema_name, view_name from duckdb_views() where not internal")
+    models = {
+        "stg_app__documents", "stg_app__annotations", "stg_app__annotation_events", "int_annotation_decisions",
+        "latest_accepted_annotations", "training_examples", "dataset_summary",
     }
-    for relation in ("latest_accepted_annotations", "training_examples", "dataset_summary"):
-        assert ("datasets", relation) in views
-    assert all(schema == "datasets" for schema, _ in views)
+    views = {(schema, name) for schema, name in workspace.query(
+        "select table_schema, table_name from information_schema.views") if name in models}
+    assert views == {("datasets", name) for name in models}
 
 
-def test_mart_key_tests_error_and_app_table_tests_warn(workspace):
-    with duckdb.connect(str(workspace.duckdb_path)) as connection:
-        connection.execute(PLAIN_APP_TABLES)
+def test_mart_key_tests_error_and_app_table_tests_warn(duckdb_workspace):
+    workspace = duckdb_workspace
     workspace.dbt("parse")
     manifest = json.loads((workspace.root / "dbt-target" / "manifest.json").read_text())
     tests = [node for node in manifest["nodes"].values() if node["resource_type"] == "test"]
@@ -113,22 +105,21 @@ def test_mart_key_tests_error_and_app_table_tests_warn(workspace):
 
 def test_split_disjointness_test_fails_when_a_document_straddles(workspace):
     """The generic test is real: fed a relation with a straddling document, it fails."""
-    with duckdb.connect(str(workspace.duckdb_path)) as connection:
-        connection.execute(PLAIN_APP_TABLES)
+    workspace.execute_script(PLAIN_APP_TABLES)
     workspace.dbt("run")
-    with duckdb.connect(str(workspace.duckdb_path)) as connection:
-        connection.execute(
-            "create or replace view datasets.training_examples as "
-            "select * from (values ('a1', 'd1', 'train'), ('a2', 'd1', 'eval')) as t(annotation_id, document_id, split)"
-        )
+    workspace.execute_script(
+        "drop view datasets.dataset_summary; drop view datasets.training_examples; "
+        "create view datasets.training_examples as "
+        "select * from (values ('a1', 'd1', 'train'), ('a2', 'd1', 'eval')) as t(annotation_id, document_id, split)"
+    )
     result = workspace.dbt("test", "--select", "test_name:one_split_per_document", check=False)
     assert result.returncode == 1
     assert [r["status"] for r in workspace.run_results()] == ["fail"]
 
 
-def test_eval_percent_must_be_an_integer_percentage(workspace):
-    with duckdb.connect(str(workspace.duckdb_path)) as connection:
-        connection.execute(PLAIN_APP_TABLES)
+def test_eval_percent_must_be_an_integer_percentage(duckdb_workspace):
+    workspace = duckdb_workspace
+    workspace.execute_script(PLAIN_APP_TABLES)
     for bad in ("101", "-1", "12.5", "twenty"):
         result = workspace.dbt("run", dbt_vars={"eval_percent": bad}, check=False)
         assert result.returncode != 0
@@ -136,14 +127,13 @@ def test_eval_percent_must_be_an_integer_percentage(workspace):
 
 
 def test_the_build_reads_the_app_schema_var_or_environment(workspace):
-    with duckdb.connect(str(workspace.duckdb_path)) as connection:
-        connection.execute(PLAIN_APP_TABLES.replace("app.", "tenant_7.").replace("schema if not exists app", "schema if not exists tenant_7"))
-        connection.execute(
-            "insert into tenant_7.documents values ('d1', 'd1.pdf', null, 1, '2026-01-01', null);"
-            "insert into tenant_7.annotations values ('a1', 'd1', 1, null, null, null, null, 'Name:', null, 'pending', '2026-01-01', '2026-01-01');"
-            "insert into tenant_7.annotation_events values (1, 'a1', 'accepted', 'question', 'user:r', ?, null);",
-            [datetime(2026, 1, 2)],
-        )
+    workspace.execute_script(
+        PLAIN_APP_TABLES.replace("app.", "tenant_7.").replace("schema if not exists app", "schema if not exists tenant_7")
+        + "insert into tenant_7.documents values ('d1', 'd1.pdf', null, 1, '2026-01-01', null);"
+        "insert into tenant_7.annotations values "
+        "('a1', 'd1', 1, null, null, null, null, 'Name:', null, 'pending', '2026-01-01', '2026-01-01');"
+        "insert into tenant_7.annotation_events values (1, 'a1', 'accepted', 'question', 'user:r', '2026-01-02', null);"
+    )
     workspace.dbt("run", dbt_vars={"app_schema": "tenant_7"})
     assert workspace.query("select annotation_id, label from datasets.training_examples") == [("a1", "question")]
     # The same schema through the environment, as the trainer's --app-schema sees it.

@@ -7,15 +7,13 @@ from importlib import resources
 
 import pytest
 
-from conftest import ROOT
+from conftest import ENGINES, ROOT, new_workspace
 from trainer.demo import build_demo_data, load_demo, read_segments
 
 
-@pytest.fixture(scope="module")
-def loaded(tmp_path_factory):
-    from conftest import Workspace
-
-    space = Workspace(tmp_path_factory.mktemp("demo"))
+@pytest.fixture(scope="module", params=ENGINES)
+def loaded(request, tmp_path_factory):
+    space = new_workspace(tmp_path_factory.mktemp("demo"), request.param, request)
     report = load_demo(space.database())
     return space, report
 
@@ -49,13 +47,13 @@ def test_history_is_believable(loaded):
     assert q("select count(*) from app.annotation_events where event_type = 'accepted' and actor like 'user:%'") > 3000
     # rejected and never accepted again
     assert q("select count(*) from (select annotation_id from app.annotation_events group by annotation_id "
-             "having bool_or(event_type = 'rejected') and not bool_or(event_type = 'accepted'))") > 50
+             "having bool_or(event_type = 'rejected') and not bool_or(event_type = 'accepted')) as rejected") > 50
     # relabelled and accepted again: two acceptances with different labels
     assert q("select count(*) from (select annotation_id from app.annotation_events where event_type = 'accepted' "
-             "group by annotation_id having count(distinct label) > 1)") > 50
+             "group by annotation_id having count(distinct label) > 1) as relabelled") > 50
     # still pending: no decision at all
     assert q("select count(*) from (select annotation_id from app.annotation_events group by annotation_id "
-             "having not bool_or(event_type in ('accepted', 'rejected', 'deleted')))") > 100
+             "having not bool_or(event_type in ('accepted', 'rejected', 'deleted'))) as pending") > 100
     # late arrivals: a greater event_id that happened earlier than another event of the same annotation
     assert q("select count(*) from app.annotation_events a join app.annotation_events b "
              "on a.annotation_id = b.annotation_id and a.event_id > b.event_id and a.occurred_at < b.occurred_at") > 20

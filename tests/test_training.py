@@ -9,14 +9,13 @@ import math
 import numpy as np
 import pytest
 
-from conftest import Workspace, demo_subset, load_app_data
+from conftest import Workspace, prepared_workspace
 from trainer.arguments import TrainingArguments
 from trainer.artifacts import ArtifactStore, sha256_hex
 from trainer.classifier import SegmentClassifier
 from trainer.dataset import dataset_fingerprint, read_training_examples
 from trainer.errors import TrainingFailed
 from trainer.results_store import ResultsStore
-from trainer.settings import Settings
 from trainer.training import train
 
 pytestmark = pytest.mark.slow
@@ -42,11 +41,12 @@ def test_runs_are_recorded_as_succeeded_with_params_and_dataset(trained):
         assert uri == result.model_version.artifact_uri
         stored = json.loads(params)
         assert {k: stored[k] for k in TrainingArguments().to_dict()} == TrainingArguments(model_name="funsd", seed=7).to_dict()
-        assert stored["source"] == "database" and stored["target"] == "duckdb"
+        assert stored["source"] == "database" and stored["target"] == space.target
         versions = stored["library_versions"]
         for library in ("python", "torch", "sentence_transformers", "scikit_learn", "dbt_core", "database_engine"):
             assert versions[library] and versions[library] != "not installed", library
-        assert versions["database_engine"].startswith("duckdb ")
+        assert versions["database_engine"].startswith({"duckdb": "duckdb ", "postgres": "postgresql "}[space.target])
+        assert stored["worker"]
 
 
 def test_model_versions_count_up_per_model_name(trained):
@@ -141,23 +141,6 @@ def test_a_tampered_artifact_is_refused(trained, tmp_path):
 # -- failure paths -----------------------------------------------------------------
 
 
-def prepared(tmp_path, documents: int | None = 10, dbt_vars=None, build=True) -> Workspace:
-    space = Workspace(tmp_path)
-    database = space.database()
-    with database.session(create=True) as session:
-        ResultsStore(database).migrate(session)
-    if documents is not None:
-        load_app_data(database, demo_subset(documents))
-    else:
-        from trainer.app_tables import create_app_tables
-
-        with database.session() as session:
-            create_app_tables(session, "app")
-    if build:
-        space.dbt("run", dbt_vars=dbt_vars)
-    return space
-
-
 def assert_failed_run_only(space: Workspace, message_part: str) -> None:
     runs = space.query("select status, error, finished_at from training.training_runs")
     assert len(runs) == 1
@@ -167,32 +150,32 @@ def assert_failed_run_only(space: Workspace, message_part: str) -> None:
     assert space.query("select count(*) from training.metrics") == [(0,)]
 
 
-def test_no_accepted_examples_fails_the_run_saying_so(tmp_path):
-    space = prepared(tmp_path, documents=None)
+def test_no_accepted_examples_fails_the_run_saying_so(workspace):
+    space = prepared_workspace(workspace, documents=None)
     with pytest.raises(TrainingFailed, match="no training examples"):
         train(TrainingArguments(), space.settings(), progress=False)
     assert_failed_run_only(space, "no training examples")
 
 
-def test_empty_eval_split_fails_the_run_saying_so(tmp_path):
-    space = prepared(tmp_path, dbt_vars={"eval_percent": 0})
+def test_empty_eval_split_fails_the_run_saying_so(workspace):
+    space = prepared_workspace(workspace, dbt_vars={"eval_percent": 0})
     with pytest.raises(TrainingFailed, match="the eval split is empty"):
         train(TrainingArguments(), space.settings(), progress=False)
     assert_failed_run_only(space, "eval split is empty")
 
 
-def test_missing_views_fail_the_run_and_say_how_to_build_them(tmp_path):
-    space = prepared(tmp_path, build=False)
+def test_missing_views_fail_the_run_and_say_how_to_build_them(workspace):
+    space = prepared_workspace(workspace, build=False)
     with pytest.raises(TrainingFailed, match="dbt build --profiles-dir profiles"):
         train(TrainingArguments(), space.settings(), progress=False)
     assert_failed_run_only(space, "datasets.training_examples does not exist")
 
 
-def test_an_unwritable_artifact_store_leaves_no_model_version(tmp_path):
-    space = prepared(tmp_path)
+def test_an_unwritable_artifact_store_leaves_no_model_version(workspace, tmp_path):
+    space = prepared_workspace(workspace)
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the store's directory should be")
-    settings = Settings.from_env(environ=space.env(TRAINER_ARTIFACTS_URL=str(blocker / "artifacts")))
+    settings = space.settings(TRAINER_ARTIFACTS_URL=str(blocker / "artifacts"))
     with pytest.raises(TrainingFailed, match="cannot write artifact"):
         train(TrainingArguments(), settings, progress=False)
     assert_failed_run_only(space, "cannot write artifact")

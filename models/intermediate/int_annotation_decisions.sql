@@ -12,16 +12,7 @@ events as (
 
 decision_events as (
 
-    select
-        *,
-        -- Exact duplicates of (occurred_at, event_id) exist only in dirty logs; among
-        -- them doubt wins (deleted, then rejected, then accepted) and then the
-        -- binary order of label and actor, so every engine picks the same row.
-        case event_type
-            when 'deleted' then 3
-            when 'rejected' then 2
-            else 1
-        end as doubt_rank
+    select annotation_id, event_id, event_type, label, actor, occurred_at
 
     from events
 
@@ -33,25 +24,67 @@ decision_events as (
 
 ),
 
-ranked as (
+-- The rule itself: latest occurred_at, then greatest event_id. This ordering is
+-- the one the app's index provides (docs/DEPLOYMENT.md), so PostgreSQL reads
+-- the events in order instead of sorting them.
+latest_events as (
 
     select
         *,
-        row_number() over (
+        rank() over (
             partition by annotation_id
-            order by
-                occurred_at desc,
-                event_id desc,
-                doubt_rank desc,
-                {{ binary_order('label') }} desc nulls last,
-                {{ binary_order('actor') }} desc nulls last
+            order by occurred_at desc, event_id desc
         ) as recency_rank
 
     from decision_events
 
 ),
 
+latest as (
+
+    select
+        *,
+        count(*) over (partition by annotation_id) as tied_events
+
+    from latest_events
+
+    where recency_rank = 1
+
+),
+
+-- Exact duplicates of (occurred_at, event_id) exist only in dirty logs. Among
+-- them doubt wins (deleted, then rejected, then accepted) and then the binary
+-- order of label and actor, so every engine picks the same row. Only the few
+-- tied annotations pay for this second ordering.
+tie_broken as (
+
+    select
+        *,
+        row_number() over (
+            partition by annotation_id
+            order by
+                case event_type when 'deleted' then 3 when 'rejected' then 2 else 1 end desc,
+                {{ binary_order('label') }} desc nulls last,
+                {{ binary_order('actor') }} desc nulls last
+        ) as tie_rank
+
+    from latest
+
+    where tied_events > 1
+
+),
+
 deciding_events as (
+
+    select annotation_id, event_id, event_type, label, actor, occurred_at from latest where tied_events = 1
+
+    union all
+
+    select annotation_id, event_id, event_type, label, actor, occurred_at from tie_broken where tie_rank = 1
+
+),
+
+final as (
 
     select
         annotation_id,
@@ -61,10 +94,8 @@ deciding_events as (
         actor as decided_by,
         occurred_at as decided_at
 
-    from ranked
-
-    where recency_rank = 1
+    from deciding_events
 
 )
 
-select * from deciding_events
+select * from final

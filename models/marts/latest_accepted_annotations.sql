@@ -9,47 +9,32 @@ decisions as (
 
     select * from {{ ref('int_annotation_decisions') }}
 
-),
-
-annotations as (
-
-    select * from {{ ref('stg_app__annotations') }}
-
-),
-
-documents as (
-
-    select * from {{ ref('stg_app__documents') }}
+    where deciding_event_type = 'accepted'
 
 ),
 
 -- A primary key that occurs twice in a dirty source makes the row ambiguous
 -- (which text? deleted or not?): such annotations and documents do not train.
-unambiguous_annotations as (
+-- The copies are counted beside each row and filtered after the joins, which
+-- keeps the planner's row estimates for the joins honest.
+annotations as (
 
-    select annotation_id
+    select
+        *,
+        count(*) over (partition by annotation_id) as annotation_rows
 
-    from annotations
-
-    where annotation_id is not null
-
-    group by annotation_id
-
-    having count(*) = 1
+    from {{ ref('stg_app__annotations') }}
 
 ),
 
-live_documents as (
+documents as (
 
-    select document_id
+    select
+        document_id,
+        deleted_at,
+        count(*) over (partition by document_id) as document_rows
 
-    from documents
-
-    where document_id is not null
-
-    group by document_id
-
-    having count(*) = 1 and count(deleted_at) = 0
+    from {{ ref('stg_app__documents') }}
 
 ),
 
@@ -71,16 +56,15 @@ accepted as (
 
     from decisions
 
-    inner join unambiguous_annotations
-        on decisions.annotation_id = unambiguous_annotations.annotation_id
-
     inner join annotations
         on decisions.annotation_id = annotations.annotation_id
 
-    inner join live_documents
-        on annotations.document_id = live_documents.document_id
+    inner join documents
+        on annotations.document_id = documents.document_id
 
-    where decisions.deciding_event_type = 'accepted'
+    where annotations.annotation_rows = 1
+        and documents.document_rows = 1
+        and documents.deleted_at is null
         and not {{ is_blank('decisions.deciding_label') }}
         and not {{ is_blank('annotations.text') }}
 

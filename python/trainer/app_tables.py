@@ -10,7 +10,6 @@ APP_TABLES = ("documents", "annotations", "annotation_events")
 
 def app_table_statements(schema: str) -> list[str]:
     return [
-        f"create schema if not exists {schema}",
         f"""
         create table if not exists {schema}.documents (
             document_id text not null,
@@ -55,6 +54,7 @@ def create_app_tables(session: Session, schema: str) -> list[str]:
     """Create the app's tables that are absent; return the names created."""
     missing = [name for name in APP_TABLES if not session.relation_exists(schema, name)]
     if missing:
+        session.ensure_schema(schema)
         for statement in app_table_statements(schema):
             session.execute(statement)
     return missing

@@ -24,6 +24,9 @@ Settings (CONTRACT §6):
                          the PostgreSQL connection (libpq's defaults)
   TRAINER_ARTIFACTS_URL  blob store: a path, file://, memory:// or s3://
                          (default: artifacts/ at the repo root)
+  TRAINER_HEARTBEAT_INTERVAL, TRAINER_HEARTBEAT_TIMEOUT
+                         seconds (15, 120): how often a running run beats,
+                         and when a silent one is reaped as "worker lost"
 """
 
 
@@ -78,36 +81,58 @@ def cli():
       dbt build --profiles-dir profiles    # builds datasets.training_examples
       python -m trainer train
       python -m trainer metrics
+
+    \b
+    A queue instead of training in place:
+      python -m trainer request            # prints the queued run's id
+      python -m trainer worker --until-empty
     """
 
 
 @cli.command("init-db")
 @target_option
 @click.option("--app-schema", default=None, help="Schema of the app's tables (default: app; env TRAINER_APP_SCHEMA).")
+@click.option(
+    "--with-app-tables",
+    is_flag=True,
+    help="Also create the app's tables when absent (always on DuckDB; on PostgreSQL only for development databases).",
+)
 @user_errors
-def init_db(target, app_schema):
-    """Create the app's tables (when absent) and the results tables.
+def init_db(target, app_schema, with_app_tables):
+    """Create the results tables (and, where wanted, the app's tables).
 
-    On DuckDB this creates the file if needed, the app's documents, annotations
-    and annotation_events tables in schema `app` when they are absent, and the
-    `training` schema with training_runs, model_versions and metrics. Running it
-    again changes nothing.
+    Creates schema `training` with training_runs, model_versions and metrics
+    through numbered migrations (recorded in training.schema_migrations), so
+    running it again changes nothing and a newer release only adds what is new.
+
+    On DuckDB (the embedded default) it also creates the file and the app's
+    documents, annotations and annotation_events tables when they are absent.
+    On PostgreSQL the app owns its tables: they are created only with
+    --with-app-tables.
     """
-    from trainer.app_tables import create_app_tables
+    from trainer.app_tables import create_app_tables, missing_app_tables
     from trainer.db import Database
     from trainer.results_store import ResultsStore
 
     settings = Settings.from_env(target=target, app_schema=app_schema)
     database = Database(settings)
     with database.session(create=True) as session:
-        created = create_app_tables(session, settings.app_schema)
+        if settings.target == "duckdb" or with_app_tables:
+            created = create_app_tables(session, settings.app_schema)
+            missing = []
+        else:
+            created, missing = [], missing_app_tables(session, settings.app_schema)
         applied = ResultsStore(database).migrate(session)
     click.echo(f"Database: {database.describe()}")
-    click.echo(
-        f"App tables created: {', '.join(settings.app_schema + '.' + name for name in created)}"
-        if created
-        else f"App tables: already present in schema {settings.app_schema}"
-    )
+    if created:
+        click.echo(f"App tables created: {', '.join(settings.app_schema + '.' + name for name in created)}")
+    elif missing:
+        click.echo(
+            f"App tables missing in schema {settings.app_schema}: {', '.join(missing)} "
+            "(the app creates them; --with-app-tables creates empty ones for development)"
+        )
+    else:
+        click.echo(f"App tables: present in schema {settings.app_schema}")
     click.echo(
         f"Results schema: applied migration(s) {', '.join(map(str, applied))}"
         if applied
@@ -141,21 +166,52 @@ def load_demo_command(target, app_schema):
         click.echo(f"  {settings.app_schema}.{table}: {report.inserted[table]} inserted ({total} in the demo)")
 
 
+TRAINING_OPTIONS = ("model_name", "confidence_threshold", "seed", "batch_size")
+
+
+def training_options(command):
+    """The options that become a run's TrainingArguments (train and request)."""
+    command = click.option(
+        "--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Texts per encoder batch."
+    )(command)
+    command = click.option(
+        "--seed", type=int, default=42, show_default=True, help="Seed of every random choice of the run."
+    )(command)
+    command = click.option(
+        "--confidence-threshold",
+        type=click.FloatRange(0.0, 1.0),
+        default=0.5,
+        show_default=True,
+        help="A prediction is covered when its top probability is at least this.",
+    )(command)
+    return model_name_option(command)
+
+
+def _training_arguments(model_name, confidence_threshold, seed, batch_size):
+    from trainer.arguments import TrainingArguments
+
+    return TrainingArguments(
+        model_name=model_name,
+        confidence_threshold=confidence_threshold,
+        seed=seed,
+        embedding_batch_size=batch_size,
+    )
+
+
 @cli.command()
 @target_option
-@model_name_option
+@training_options
 @click.option(
-    "--confidence-threshold",
-    type=click.FloatRange(0.0, 1.0),
-    default=0.5,
-    show_default=True,
-    help="A prediction is covered when its top probability is at least this.",
+    "--training-run",
+    "training_run",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Run this queued run (see `request`) with the options it was queued with.",
 )
-@click.option("--seed", type=int, default=42, show_default=True, help="Seed of every random choice of the run.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Texts per encoder batch.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
 @user_errors
-def train(target, model_name, confidence_threshold, seed, batch_size, quiet):
+def train(ctx, target, model_name, confidence_threshold, seed, batch_size, training_run, quiet):
     """Train a model on datasets.training_examples and record the run.
 
     Reads the accepted examples built by dbt, embeds their texts with
@@ -163,21 +219,30 @@ def train(target, model_name, confidence_threshold, seed, batch_size, quiet):
     evaluates on the eval split, stores the artifact in the blob store and
     writes the run, its metrics and a new model version to the database.
     On failure the run is marked failed with the error and the command exits 1.
+
+    With --training-run ID it runs that queued run instead of a new one.
     """
-    from trainer.arguments import TrainingArguments
     from trainer.db import Database
     from trainer.results_store import ResultsStore
+    from trainer.training import run_queued
     from trainer.training import train as train_model
 
     settings = Settings.from_env(target=target)
-    args = TrainingArguments(
-        model_name=model_name,
-        confidence_threshold=confidence_threshold,
-        seed=seed,
-        embedding_batch_size=batch_size,
-    )
     with _terminate_as_interrupt():
-        result = train_model(args, settings, progress=_progress(quiet))
+        if training_run is not None:
+            given = [
+                "--" + name.replace("_", "-")
+                for name in TRAINING_OPTIONS
+                if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+            ]
+            if given:
+                raise click.UsageError(
+                    f"--training-run uses the options the run was queued with; drop {', '.join(given)}"
+                )
+            result = run_queued(training_run, settings, progress=_progress(quiet))
+        else:
+            args = _training_arguments(model_name, confidence_threshold, seed, batch_size)
+            result = train_model(args, settings, progress=_progress(quiet))
     version = result.model_version
     click.echo(
         f"Run {result.run_id} succeeded: {version.model_name} version {version.version} "
@@ -187,6 +252,75 @@ def train(target, model_name, confidence_threshold, seed, batch_size, quiet):
     click.echo(f"Artifact: {version.artifact_uri}")
     # Print what the database now holds, not what this process computed.
     _echo_metrics(ResultsStore(Database(settings)).run_metrics(result.run_id))
+
+
+@cli.command()
+@target_option
+@training_options
+@user_errors
+def request(target, model_name, confidence_threshold, seed, batch_size):
+    """Queue a training run and print its id; a worker runs it.
+
+    The run is recorded as `queued` with its params; `python -m trainer worker`
+    (or `train --training-run ID`) picks it up.
+    """
+    from trainer.work_queue import request_run
+
+    args = _training_arguments(model_name, confidence_threshold, seed, batch_size)
+    click.echo(request_run(args, Settings.from_env(target=target)))
+
+
+@cli.command()
+@target_option
+@click.option("--until-empty", is_flag=True, help="Exit when no queued run is left (status 1 if any run failed).")
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds between looks at an empty queue.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def worker(target, until_empty, poll_interval, quiet):
+    """Run queued training runs one at a time, oldest first.
+
+    Claiming is atomic (FOR UPDATE SKIP LOCKED on PostgreSQL, the file's
+    single-writer lock on DuckDB), so any number of workers run every queued
+    run exactly once. Before each claim the worker reaps runs whose heartbeat is
+    older than TRAINER_HEARTBEAT_TIMEOUT (default 120 s) as failed ("worker lost").
+    Stop it with Ctrl-C or SIGTERM: the run in progress is marked failed.
+    """
+    from trainer.work_queue import work
+
+    with _terminate_as_interrupt():
+        report = work(
+            Settings.from_env(target=target),
+            until_empty=until_empty,
+            poll_interval=poll_interval,
+            progress=_progress(quiet),
+            on_event=click.echo,
+        )
+    click.echo(f"Queue empty: {len(report.succeeded)} succeeded, {len(report.failed)} failed.")
+    if report.failed:
+        raise SystemExit(1)
+
+
+@cli.command()
+@target_option
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds without heartbeat after which a running run is lost (default: TRAINER_HEARTBEAT_TIMEOUT, 120).",
+)
+@user_errors
+def reap(target, timeout):
+    """Mark running runs whose worker died as failed ("worker lost")."""
+    from trainer.work_queue import reap as reap_runs
+
+    reaped = reap_runs(Settings.from_env(target=target), timeout)
+    click.echo(f"Reaped {len(reaped)} run(s){': ' + ', '.join(map(str, reaped)) if reaped else ''}.")
 
 
 @cli.command()

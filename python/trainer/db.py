@@ -8,6 +8,9 @@ its block ends normally and rolls back on any exception.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+import threading
+import time
+import uuid
 from contextlib import contextmanager
 from typing import Any
 
@@ -82,6 +85,14 @@ class Session:
             )
         )
 
+    def ensure_schema(self, name: str) -> None:
+        """Create a schema unless it exists. PostgreSQL checks the right to create
+        schemas even for CREATE SCHEMA IF NOT EXISTS, and a least-privilege role
+        that owns its schemas has no such right."""
+        exists = self.scalar("select count(*) from information_schema.schemata where schema_name = ?", (name,))
+        if not exists:
+            self.execute(f"create schema {name}")
+
     def insert_missing(self, table: str, key: str, rows: pa.Table) -> int:
         """Insert the rows whose ``key`` is not in ``table`` yet; return how many were new."""
         columns = ", ".join(rows.column_names)
@@ -96,21 +107,39 @@ class Session:
                 return self.scalar(f"select count(*) from {table}") - before
             finally:
                 self._connection.unregister("rows_to_insert")
-        cursor = self._connection.cursor()
-        cursor.execute(f"create temporary table rows_to_insert (like {table} including defaults) on commit drop")
-        with cursor.copy(f"copy rows_to_insert ({columns}) from stdin") as copy:
-            for row in rows.to_pylist():
-                copy.write_row([row[name] for name in rows.column_names])
-        cursor.execute(
-            f"insert into {table} ({columns}) select {columns} from rows_to_insert as incoming "
-            f"where not exists (select 1 from {table} as existing where existing.{key} = incoming.{key})"
-        )
-        return cursor.rowcount
+        staging = f"incoming_{uuid.uuid4().hex[:12]}"
+        with self._connection.cursor() as cursor:
+            cursor.execute(f"create temporary table {staging} (like {table} including defaults) on commit drop")
+            with cursor.copy(f"copy {staging} ({columns}) from stdin") as copy:
+                for row in rows.to_pylist():
+                    copy.write_row([row[name] for name in rows.column_names])
+            cursor.execute(
+                f"insert into {table} ({columns}) select {columns} from {staging} as incoming "
+                f"where not exists (select 1 from {table} as existing where existing.{key} = incoming.{key})"
+            )
+            inserted = cursor.rowcount
+            cursor.execute(f"drop table {staging}")
+            return inserted
+
+
+# DuckDB lets one process write a file at a time; within a process, two threads
+# (a run and its heartbeat) would still conflict on the same rows, so sessions on
+# one file take turns.
+_duckdb_file_locks: dict[str, threading.RLock] = {}
+_duckdb_file_locks_guard = threading.Lock()
+
+
+def _duckdb_file_lock(path) -> threading.RLock:
+    with _duckdb_file_locks_guard:
+        return _duckdb_file_locks.setdefault(str(path), threading.RLock())
 
 
 class Database:
     """Opens sessions on the configured target; holds no connection between them,
-    so dbt and analysts can use a DuckDB file while the trainer is busy elsewhere."""
+    so dbt and analysts can use a DuckDB file while the trainer is busy elsewhere.
+
+    On DuckDB the file lock is the single-writer lock: a process that finds the
+    file held by another waits for it (up to TRAINER_DUCKDB_LOCK_TIMEOUT)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -119,7 +148,7 @@ class Database:
     def describe(self) -> str:
         if self.dialect == "duckdb":
             return f"DuckDB file {self.settings.duckdb_path}"
-        return "PostgreSQL (PGHOST/PGPORT/PGUSER/PGDATABASE)"
+        return self.settings.postgres_description()
 
     def exists(self) -> bool:
         return self.dialect != "duckdb" or self.settings.duckdb_path.is_file()
@@ -135,21 +164,41 @@ class Database:
                     "(or set TRAINER_DUCKDB_PATH)"
                 )
             path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                return duckdb.connect(str(path))
-            except duckdb.Error as exc:
-                raise DatabaseUnavailable(f"cannot open DuckDB file {path}: {_first_line(exc)}") from exc
+            deadline = time.monotonic() + self.settings.duckdb_lock_timeout
+            delay = 0.02
+            while True:
+                try:
+                    return duckdb.connect(str(path))
+                except duckdb.IOException as exc:
+                    if "lock" not in str(exc).lower() or time.monotonic() + delay > deadline:
+                        raise DatabaseUnavailable(f"cannot open DuckDB file {path}: {_first_line(exc)}") from exc
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                except duckdb.Error as exc:
+                    raise DatabaseUnavailable(f"cannot open DuckDB file {path}: {_first_line(exc)}") from exc
 
         import psycopg
 
         try:
-            return psycopg.connect("", connect_timeout=10)
+            return psycopg.connect(connect_timeout=10, **self.settings.postgres)
         except psycopg.Error as exc:
-            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {_first_line(exc)}") from exc
+            raise DatabaseUnavailable(
+                f"cannot connect to {self.settings.postgres_description()}: {_first_line(exc)}"
+            ) from exc
 
     @contextmanager
     def session(self, create: bool = False) -> Iterator[Session]:
         """One transaction: commit on success, roll back on any exception."""
+        if self.dialect == "duckdb":
+            with _duckdb_file_lock(self.settings.duckdb_path):
+                with self._session(create) as session:
+                    yield session
+        else:
+            with self._session(create) as session:
+                yield session
+
+    @contextmanager
+    def _session(self, create: bool) -> Iterator[Session]:
         connection = self._connect(create)
         try:
             if self.dialect == "duckdb":

@@ -13,20 +13,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from trainer.db import Database, Session
-from trainer.errors import NotFound
+from trainer.errors import ConfigurationError, NotFound, TrainerError
 
 RUN_STATUSES = ("queued", "running", "succeeded", "failed")
 
-MIGRATIONS: list[tuple[int, str, list[str]]] = [
+# A statement is SQL for every engine, or a {dialect: SQL} mapping for some.
+MIGRATIONS: list[tuple[int, str, list[str | dict[str, str]]]] = [
     (
         1,
         "results tables: training_runs, model_versions, metrics",
         [
-            "create schema if not exists training",
             "create sequence if not exists training.training_runs_run_id_seq",
             """
             create table if not exists training.training_runs (
@@ -91,7 +91,22 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                 on training.metrics (run_id, split, name, coalesce(label, ''))""",
         ],
     ),
+    (
+        2,
+        "queue: heartbeat and worker of a running run",
+        [
+            "alter table training.training_runs add column if not exists heartbeat_at timestamp",
+            "alter table training.training_runs add column if not exists worker text",
+            # Workers look for the oldest queued run and reapers for stale running ones.
+            {
+                "postgres": "create index if not exists training_runs_status_created_at_idx "
+                "on training.training_runs (status, created_at, run_id)"
+            },
+        ],
+    ),
 ]
+# An advisory-lock key for schema changes on PostgreSQL (any constant shared by all trainers).
+_MIGRATION_LOCK_KEY = 7_316_250_921
 
 
 def utcnow() -> datetime:
@@ -105,6 +120,10 @@ class Metric:
     name: str
     label: str | None
     value: float | None
+
+
+class RunStateError(TrainerError):
+    """A run is not in the state an operation needs (e.g. not queued, or reaped)."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +140,8 @@ class TrainingRun:
     train_examples: int | None
     eval_examples: int | None
     artifact_uri: str | None
+    heartbeat_at: datetime | None
+    worker: str | None
 
 
 @dataclass(frozen=True)
@@ -136,9 +157,18 @@ class ModelVersion:
 
 _RUN_COLUMNS = (
     "run_id, model_name, status, created_at, started_at, finished_at, error, params, "
-    "dataset_fingerprint, train_examples, eval_examples, artifact_uri"
+    "dataset_fingerprint, train_examples, eval_examples, artifact_uri, heartbeat_at, worker"
 )
 _VERSION_COLUMNS = "model_version_id, model_name, version, run_id, artifact_uri, artifact_sha256, created_at"
+
+
+def _refuse_newer_schema(applied: set[int]) -> None:
+    known = {number for number, _, _ in MIGRATIONS}
+    if applied - known:
+        raise ConfigurationError(
+            f"the results schema has migration(s) {sorted(applied - known)} that this trainer does not know: "
+            "upgrade training-db-pipeline"
+        )
 
 
 def _run(row: tuple) -> TrainingRun:
@@ -157,7 +187,10 @@ class ResultsStore:
 
     def migrate(self, session: Session) -> list[int]:
         """Apply the migrations not applied yet, in order; return their numbers."""
-        session.execute("create schema if not exists training")
+        if session.dialect == "postgres":
+            # Two init-db at once: the second waits, then finds nothing to do.
+            session.execute("select pg_advisory_xact_lock(?)", (_MIGRATION_LOCK_KEY,))
+        session.ensure_schema("training")
         session.execute(
             """create table if not exists training.schema_migrations (
                 version integer not null,
@@ -167,11 +200,16 @@ class ResultsStore:
             )"""
         )
         applied = {row[0] for row in session.fetchall("select version from training.schema_migrations")}
+        _refuse_newer_schema(applied)
         new = []
         for number, name, statements in MIGRATIONS:
             if number in applied:
                 continue
             for statement in statements:
+                if isinstance(statement, dict):
+                    statement = statement.get(session.dialect)
+                    if statement is None:
+                        continue
                 session.execute(statement)
             session.execute(
                 "insert into training.schema_migrations (version, name, applied_at) values (?, ?, ?)",
@@ -183,22 +221,116 @@ class ResultsStore:
     def is_ready(self, session: Session) -> bool:
         if not session.relation_exists("training", "schema_migrations"):
             return False
-        latest = session.scalar("select max(version) from training.schema_migrations")
-        return latest == MIGRATIONS[-1][0]
+        applied = {row[0] for row in session.fetchall("select version from training.schema_migrations")}
+        _refuse_newer_schema(applied)
+        return applied >= {number for number, _, _ in MIGRATIONS}
 
     # -- runs ---------------------------------------------------------------
 
-    def start_run(self, model_name: str, params: dict[str, Any]) -> int:
-        """Record a new run as `running` and return its id."""
+    def queue_run(self, model_name: str, params: dict[str, Any]) -> int:
+        """Record a `queued` run for a worker to pick up; return its id."""
+        with self.database.session() as session:
+            return int(
+                session.scalar(
+                    "insert into training.training_runs (model_name, status, created_at, params) "
+                    "values (?, 'queued', ?, ?) returning run_id",
+                    (model_name, utcnow(), json.dumps(params, sort_keys=True)),
+                )
+            )
+
+    def start_run(self, model_name: str, params: dict[str, Any], worker: str) -> int:
+        """Record a new run that starts right away (`running`, owned by ``worker``)."""
         now = utcnow()
         with self.database.session() as session:
             return int(
                 session.scalar(
-                    "insert into training.training_runs (model_name, status, created_at, started_at, params) "
-                    "values (?, 'running', ?, ?, ?) returning run_id",
-                    (model_name, now, now, json.dumps(params, sort_keys=True)),
+                    "insert into training.training_runs "
+                    "(model_name, status, created_at, started_at, heartbeat_at, worker, params) "
+                    "values (?, 'running', ?, ?, ?, ?, ?) returning run_id",
+                    (model_name, now, now, now, worker, json.dumps(params, sort_keys=True)),
                 )
             )
+
+    def claim_run(self, run_id: int, worker: str) -> TrainingRun:
+        """Move one queued run to `running` for ``worker``; refuse any other state."""
+        now = utcnow()
+        with self.database.session() as session:
+            claimed = session.fetchone(
+                "update training.training_runs set status = 'running', started_at = ?, heartbeat_at = ?, "
+                "worker = ? where run_id = ? and status = 'queued' returning run_id",
+                (now, now, worker, run_id),
+            )
+            if claimed is None:
+                status = session.scalar("select status from training.training_runs where run_id = ?", (run_id,))
+                if status is None:
+                    raise NotFound(f"training run {run_id} does not exist")
+                raise RunStateError(f"training run {run_id} is {status}, not queued")
+        return self.get_run(run_id)
+
+    def claim_next(self, worker: str) -> TrainingRun | None:
+        """Atomically take the oldest queued run for ``worker``, or None.
+
+        PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so concurrent workers never take
+        the same run and never wait on each other. DuckDB: the session holds the
+        file's single-writer lock, so select-and-update cannot interleave.
+        """
+        skip_locked = " for update skip locked" if self.database.dialect == "postgres" else ""
+        now = utcnow()
+        with self.database.session() as session:
+            row = session.fetchone(
+                "update training.training_runs set status = 'running', started_at = ?, heartbeat_at = ?, "
+                "worker = ? where run_id = (select run_id from training.training_runs where status = 'queued' "
+                f"order by created_at, run_id limit 1{skip_locked}) and status = 'queued' returning run_id",
+                (now, now, worker),
+            )
+        return None if row is None else self.get_run(int(row[0]))
+
+    def add_params(self, run_id: int, extra: dict[str, Any]) -> None:
+        """Merge keys into a run's params (what is only known when it starts)."""
+        lock = " for update" if self.database.dialect == "postgres" else ""
+        with self.database.session() as session:
+            current = json.loads(
+                session.scalar(f"select params from training.training_runs where run_id = ?{lock}", (run_id,))
+            )
+            session.execute(
+                "update training.training_runs set params = ? where run_id = ?",
+                (json.dumps({**current, **extra}, sort_keys=True), run_id),
+            )
+
+    def heartbeat(self, run_id: int, worker: str) -> bool:
+        """Refresh a running run's heartbeat; False when the run is no longer this worker's."""
+        with self.database.session() as session:
+            row = session.fetchone(
+                "update training.training_runs set heartbeat_at = ? "
+                "where run_id = ? and status = 'running' and worker = ? returning run_id",
+                (utcnow(), run_id, worker),
+            )
+        return row is not None
+
+    def reap(self, timeout_seconds: float) -> list[int]:
+        """Mark `failed` ("worker lost") every running run whose heartbeat is older
+        than ``timeout_seconds``; return their ids."""
+        now = utcnow()
+        cutoff = now - timedelta(seconds=timeout_seconds)
+        skip_locked = " for update skip locked" if self.database.dialect == "postgres" else ""
+        with self.database.session() as session:
+            stale = session.fetchall(
+                "select run_id, worker, coalesce(heartbeat_at, started_at, created_at) from training.training_runs "
+                f"where status = 'running' and coalesce(heartbeat_at, started_at, created_at) < ?{skip_locked}",
+                (cutoff,),
+            )
+            for run_id, worker, last_seen in stale:
+                session.execute(
+                    "update training.training_runs set status = 'failed', finished_at = ?, error = ? "
+                    "where run_id = ? and status = 'running'",
+                    (
+                        now,
+                        f"worker lost: {worker or 'its worker'} sent no heartbeat since {last_seen:%Y-%m-%d %H:%M:%S} UTC "
+                        f"(timeout {timeout_seconds:g}s)",
+                        run_id,
+                    ),
+                )
+        return [int(row[0]) for row in stale]
 
     def record_dataset(self, run_id: int, fingerprint: str, train_examples: int, eval_examples: int) -> None:
         with self.database.session() as session:
@@ -220,18 +352,36 @@ class ResultsStore:
     def succeed_run(
         self,
         run_id: int,
+        worker: str,
         model_name: str,
         artifact_uri: str,
         artifact_sha256: str,
         metrics: list[Metric],
     ) -> ModelVersion:
         """Register the model version, write the metrics and mark the run
-        `succeeded`, all in one transaction: either everything is visible or nothing."""
+        `succeeded`, all in one transaction: either everything is visible or nothing.
+
+        Refuses (and writes nothing) when the run is no longer this worker's
+        running run, e.g. because a reaper declared it lost.
+        """
         now = utcnow()
         with self.database.session() as session:
             if session.dialect == "postgres":
                 # Serialise version allocation per model name across concurrent trainers.
                 session.execute("select pg_advisory_xact_lock(hashtextextended(?, 0))", (model_name,))
+            owned = session.fetchone(
+                "update training.training_runs set status = 'succeeded', finished_at = ?, artifact_uri = ?, "
+                "error = null where run_id = ? and status = 'running' and worker = ? returning run_id",
+                (now, artifact_uri, run_id, worker),
+            )
+            if owned is None:
+                current = session.fetchone(
+                    "select status, error from training.training_runs where run_id = ?", (run_id,)
+                )
+                raise RunStateError(
+                    f"training run {run_id} was {current[0] if current else 'removed'} before it could be "
+                    f"registered{': ' + current[1] if current and current[1] else ''}"
+                )
             version = int(
                 session.scalar(
                     "select coalesce(max(version), 0) + 1 from training.model_versions where model_name = ?",
@@ -252,11 +402,6 @@ class ResultsStore:
                     "values (?, ?, ?, ?, ?, ?)",
                     (run_id, model_version_id, metric.split, metric.name, metric.label, metric.value),
                 )
-            session.execute(
-                "update training.training_runs set status = 'succeeded', finished_at = ?, artifact_uri = ?, "
-                "error = null where run_id = ?",
-                (now, artifact_uri, run_id),
-            )
         return ModelVersion(model_version_id, model_name, version, run_id, artifact_uri, artifact_sha256, now)
 
     # -- reads --------------------------------------------------------------

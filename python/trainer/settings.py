@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.errors import ConfigurationError
 
 TARGETS = ("duckdb", "postgres")
+# libpq's own variables (CONTRACT §6); unset ones keep libpq's defaults.
+POSTGRES_VARIABLES = {"PGHOST": "host", "PGPORT": "port", "PGUSER": "user", "PGPASSWORD": "password", "PGDATABASE": "dbname"}
 DEFAULT_TARGET = "duckdb"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -40,6 +42,20 @@ class Settings:
     duckdb_path: Path
     artifacts_url: str
     app_schema: str = "app"
+    # A running run refreshes its heartbeat this often (seconds)…
+    heartbeat_interval: float = 15.0
+    # …and is declared lost ("worker lost") when it is older than this.
+    heartbeat_timeout: float = 120.0
+    # How long to wait for another process to release the DuckDB file.
+    duckdb_lock_timeout: float = 60.0
+    # psycopg connection keywords from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE.
+    postgres: dict = field(default_factory=dict, repr=False)
+
+    def postgres_description(self) -> str:
+        """Where PostgreSQL is, for messages (never the password)."""
+        host = self.postgres.get("host", "libpq default host")
+        port = self.postgres.get("port", "5432")
+        return f"PostgreSQL database {self.postgres.get('dbname', '(libpq default)')} on {host}:{port}"
 
     @classmethod
     def from_env(
@@ -67,9 +83,34 @@ class Settings:
         if not _IDENTIFIER.match(schema):
             raise ConfigurationError(f"app schema {schema!r} is not a plain SQL identifier")
 
+        interval = _seconds(env, "TRAINER_HEARTBEAT_INTERVAL", 15.0)
+        timeout = _seconds(env, "TRAINER_HEARTBEAT_TIMEOUT", 120.0)
+        if timeout < 2 * interval:
+            raise ConfigurationError(
+                f"TRAINER_HEARTBEAT_TIMEOUT ({timeout:g}s) must be at least twice "
+                f"TRAINER_HEARTBEAT_INTERVAL ({interval:g}s), or live runs would be reaped"
+            )
+
         return cls(
             target=chosen,
             duckdb_path=duckdb_path.expanduser().resolve(),
             artifacts_url=artifacts,
             app_schema=schema,
+            heartbeat_interval=interval,
+            heartbeat_timeout=timeout,
+            duckdb_lock_timeout=_seconds(env, "TRAINER_DUCKDB_LOCK_TIMEOUT", 60.0),
+            postgres={keyword: env[variable] for variable, keyword in POSTGRES_VARIABLES.items() if env.get(variable)},
         )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ConfigurationError(f"{name}={raw!r} is not a positive number of seconds")
+    return value

@@ -22,6 +22,7 @@ from trainer.db import Database
 from trainer.embeddings import embed_texts, embedding_model_id
 from trainer.errors import DatasetError, TrainerError, TrainingFailed
 from trainer.evaluation import evaluate
+from trainer.heartbeat import Heartbeat, worker_identity
 from trainer.results_store import Metric, ModelVersion, ResultsStore
 from trainer.settings import Settings
 from trainer.versions import library_versions
@@ -61,41 +62,70 @@ def ensure_results_tables(database: Database, store: ResultsStore) -> None:
 
 
 def train(args: TrainingArguments, settings: Settings, progress: bool | None = None) -> TrainingResult:
-    """Train one model on ``datasets.training_examples`` and record everything.
+    """Train one model on ``datasets.training_examples`` now, and record everything.
 
     Raises :class:`TrainingFailed` (after marking the run `failed`) when the run
     cannot complete, and other :class:`TrainerError`\\ s when no run could be started.
     """
-    database = Database(settings)
-    store = ResultsStore(database)
-    artifacts = ArtifactStore(settings.artifacts_url)
-    ensure_results_tables(database, store)
+    context = _Context(settings)
+    context.store.reap(settings.heartbeat_timeout)
+    run_id = context.store.start_run(args.model_name, run_params(args, settings), context.worker)
+    return _execute(context, run_id, args, progress)
 
-    params = {
-        **args.to_dict(),
-        "source": "database",
-        "target": settings.target,
-        "library_versions": library_versions(database.engine_version()),
-    }
-    run_id = store.start_run(args.model_name, params)
+
+def run_queued(run_id: int, settings: Settings, progress: bool | None = None) -> TrainingResult:
+    """Claim the queued run ``run_id`` and train it with the params it was queued with."""
+    context = _Context(settings)
+    context.store.reap(settings.heartbeat_timeout)
+    run = context.store.claim_run(run_id, context.worker)
+    return execute_claimed(context, run, progress)
+
+
+def execute_claimed(context: _Context, run, progress: bool | None) -> TrainingResult:
+    """Train a run this process has claimed; a run with unusable params fails."""
     try:
-        return _train_run(run_id, args, database, store, artifacts, progress)
+        args = TrainingArguments.from_dict(run.params)
+    except TrainerError as exc:
+        context.store.fail_run(run.run_id, f"invalid params: {exc}")
+        raise TrainingFailed(run.run_id, f"invalid params: {exc}") from exc
+    return _execute(context, run.run_id, args, progress)
+
+
+def run_params(args: TrainingArguments, settings: Settings) -> dict:
+    """What a run records as its params before it starts."""
+    return {**args.to_dict(), "source": "database", "target": settings.target}
+
+
+class _Context:
+    """What every run of this process shares: database, stores, identity."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.database = Database(settings)
+        self.store = ResultsStore(self.database)
+        self.artifacts = ArtifactStore(settings.artifacts_url)
+        self.worker = worker_identity()
+        ensure_results_tables(self.database, self.store)
+
+
+def _execute(context: _Context, run_id: int, args: TrainingArguments, progress: bool | None) -> TrainingResult:
+    """Run a claimed run to `succeeded`, or mark it `failed` and raise."""
+    try:
+        with Heartbeat(context.store, run_id, context.worker, context.settings.heartbeat_interval):
+            context.store.add_params(
+                run_id, {"library_versions": library_versions(context.database.engine_version()), "worker": context.worker}
+            )
+            return _train_run(run_id, args, context, progress)
     except BaseException as exc:
         message = describe_error(exc) if isinstance(exc, Exception) else f"interrupted ({type(exc).__name__})"
-        store.fail_run(run_id, message)
+        context.store.fail_run(run_id, message)
         if isinstance(exc, Exception):
             raise TrainingFailed(run_id, message) from exc
         raise
 
 
-def _train_run(
-    run_id: int,
-    args: TrainingArguments,
-    database: Database,
-    store: ResultsStore,
-    artifacts: ArtifactStore,
-    progress: bool | None,
-) -> TrainingResult:
+def _train_run(run_id: int, args: TrainingArguments, context: _Context, progress: bool | None) -> TrainingResult:
+    database, store = context.database, context.store
     with database.session() as session:
         examples = read_training_examples(session)
     summary = summarize(examples)
@@ -134,8 +164,8 @@ def _train_run(
         )
 
     directory = f"models/{args.model_name}/run-{run_id}-{uuid.uuid4().hex[:12]}"
-    artifact_uri, artifact_sha256 = classifier.save(artifacts, directory)
-    version = store.succeed_run(run_id, args.model_name, artifact_uri, artifact_sha256, metrics)
+    artifact_uri, artifact_sha256 = classifier.save(context.artifacts, directory)
+    version = store.succeed_run(run_id, context.worker, args.model_name, artifact_uri, artifact_sha256, metrics)
     return TrainingResult(run_id, version, fingerprint, train_size, eval_size, metrics)
 
 

@@ -1,0 +1,208 @@
+"""The queue of training runs on both engines: real worker and trainer processes,
+real kills, real concurrency."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from conftest import Workspace, prepared_workspace
+from trainer.results_store import ResultsStore, RunStateError
+
+pytestmark = pytest.mark.slow
+QUEUE_DOCUMENTS = 10  # ~450 examples: a training run takes seconds
+
+
+@pytest.fixture
+def queue(workspace) -> Workspace:
+    return prepared_workspace(workspace, QUEUE_DOCUMENTS)
+
+
+def runs(space: Workspace) -> list[tuple]:
+    return space.query(
+        "select run_id, status, error, worker, heartbeat_at from training.training_runs order by run_id"
+    )
+
+
+def versions(space: Workspace, model_name: str) -> list[tuple]:
+    return space.query(
+        "select version, run_id from training.model_versions where model_name = ? order by version", [model_name]
+    )
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def stale_run(space: Workspace) -> int:
+    """A run whose worker vanished long ago (its heartbeat back-dated by an hour)."""
+    store = ResultsStore(space.database())
+    run_id = store.start_run("ghost", {"model_name": "ghost"}, worker="gone:1:dead")
+    space.execute_script(
+        f"update training.training_runs set heartbeat_at = started_at - interval '1 hour', "
+        f"started_at = started_at - interval '1 hour' where run_id = {run_id}"
+    )
+    return run_id
+
+
+def assert_reaped(space: Workspace, run_id: int) -> None:
+    status, error = space.query("select status, error from training.training_runs where run_id = ?", [run_id])[0]
+    assert status == "failed" and error.startswith("worker lost: gone:1:dead sent no heartbeat since ")
+
+
+def test_a_requested_run_is_trained_by_a_worker(queue):
+    ghost = stale_run(queue)
+    requested = queue.trainer("request", "--model-name", "queued-model", "--seed", "3")
+    assert requested.returncode == 0, requested.stderr
+    run_id = int(requested.stdout.strip())
+    import json
+
+    status, params = queue.query("select status, params from training.training_runs where run_id = ?", [run_id])[0]
+    assert status == "queued"
+    assert json.loads(params)["seed"] == 3 and json.loads(params)["model_name"] == "queued-model"
+
+    worker = queue.trainer("worker", "--until-empty", "--quiet")
+    assert worker.returncode == 0, worker.stderr
+    assert f"run {ghost}: failed (worker lost)" in worker.stdout  # the worker reaps before it claims
+    assert_reaped(queue, ghost)
+    assert f"run {run_id}: succeeded: queued-model version 1" in worker.stdout
+    assert queue.query("select status, error from training.training_runs where run_id = ?", [run_id])[0] == (
+        "succeeded",
+        None,
+    )
+    stored = json.loads(queue.query("select params from training.training_runs where run_id = ?", [run_id])[0][0])
+    assert stored["seed"] == 3 and stored["library_versions"]["torch"] and stored["worker"]
+
+    again = queue.trainer("worker", "--until-empty", "--quiet")
+    assert again.returncode == 0 and "0 succeeded, 0 failed" in again.stdout
+
+
+def test_train_runs_a_queued_run_by_id_and_only_once(queue):
+    run_id = int(queue.trainer("request", "--model-name", "by-id").stdout.strip())
+    with_options = queue.trainer("train", "--training-run", str(run_id), "--seed", "9")
+    assert with_options.returncode == 2 and "drop --seed" in with_options.stderr
+    assert runs(queue)[0][1] == "queued"
+
+    ghost = stale_run(queue)
+    trained = queue.trainer("train", "--training-run", str(run_id), "--quiet")
+    assert trained.returncode == 0, trained.stderr
+    assert f"Run {run_id} succeeded: by-id version 1" in trained.stdout
+    assert_reaped(queue, ghost)  # a trainer reaps before it starts
+
+    twice = queue.trainer("train", "--training-run", str(run_id))
+    assert twice.returncode == 1 and twice.stderr.strip() == f"Error: training run {run_id} is succeeded, not queued"
+    missing = queue.trainer("train", "--training-run", "999")
+    assert missing.returncode == 1 and missing.stderr.strip() == "Error: training run 999 does not exist"
+
+
+def test_two_workers_run_every_queued_run_exactly_once(queue):
+    run_ids = [int(queue.trainer("request", "--model-name", "shared", "--seed", str(seed)).stdout) for seed in range(4)]
+    workers = [queue.spawn_trainer("worker", "--until-empty", "--quiet", "--poll-interval", "0.2") for _ in range(2)]
+    outputs = [process.communicate(timeout=600) for process in workers]
+    assert [process.returncode for process in workers] == [0, 0], outputs
+
+    claims = [line for out, _ in outputs for line in out.splitlines() if line.endswith(": claimed (shared)")]
+    assert sorted(claims) == sorted(f"run {run_id}: claimed (shared)" for run_id in run_ids)
+    assert [row[1] for row in runs(queue)] == ["succeeded"] * 4
+    assert sorted(run for _, run in versions(queue, "shared")) == run_ids
+    assert [version for version, _ in versions(queue, "shared")] == [1, 2, 3, 4]
+
+
+def test_four_trainers_at_once_get_versions_one_to_four(queue):
+    trainers = [queue.spawn_trainer("train", "--model-name", "race", "--quiet") for _ in range(4)]
+    outputs = [process.communicate(timeout=600) for process in trainers]
+    assert [process.returncode for process in trainers] == [0, 0, 0, 0], [err for _, err in outputs]
+    assert all(not err.strip() or "Error" not in err for _, err in outputs)
+    assert [version for version, _ in versions(queue, "race")] == [1, 2, 3, 4]
+    assert len({run for _, run in versions(queue, "race")}) == 4
+    assert [row[1] for row in runs(queue)] == ["succeeded"] * 4
+
+
+FAST_HEARTBEAT = {"TRAINER_HEARTBEAT_INTERVAL": "0.5", "TRAINER_HEARTBEAT_TIMEOUT": "4"}
+
+
+def start_and_kill(space: Workspace) -> int:
+    """Start a real training process, wait until it beats, then kill -9 it."""
+    process = space.spawn_trainer("train", "--model-name", "doomed", "--quiet", **FAST_HEARTBEAT)
+
+    def beating():
+        rows = space.query(
+            "select run_id from training.training_runs where status = 'running' and heartbeat_at > started_at"
+        )
+        return rows[0][0] if rows else None
+
+    run_id = wait_for(beating, 120, "the run to be running with a heartbeat")
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    return run_id
+
+
+def test_a_killed_training_process_is_reaped_as_worker_lost(queue):
+    run_id = start_and_kill(queue)
+    assert runs(queue)[0][1] == "running"  # nothing else knows yet
+
+    early = queue.trainer("reap", **FAST_HEARTBEAT)
+    assert early.returncode == 0 and "Reaped 0 run(s)." in early.stdout  # its heartbeat is still fresh
+    last_beat = runs(queue)[0][4]
+    time.sleep(4.5)
+
+    result = queue.trainer("reap", **FAST_HEARTBEAT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"Reaped 1 run(s): {run_id}."
+    _, status, error, worker, _ = runs(queue)[0]
+    assert status == "failed"
+    assert error == (
+        f"worker lost: {worker} sent no heartbeat since {last_beat:%Y-%m-%d %H:%M:%S} UTC (timeout 4s)"
+    )
+    assert versions(queue, "doomed") == []
+
+
+def test_a_terminated_run_is_marked_failed(queue):
+    process = queue.spawn_trainer("train", "--model-name", "stopped", "--quiet")
+    wait_for(lambda: runs(queue) and runs(queue)[0][1] == "running", 120, "the run to start")
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode != 0
+    status, error = queue.query("select status, error from training.training_runs")[0]
+    assert status == "failed" and error == "interrupted (KeyboardInterrupt)"
+    assert versions(queue, "stopped") == []
+
+
+@pytest.fixture
+def results_only(workspace) -> Workspace:
+    return prepared_workspace(workspace, documents=None, build=False)
+
+
+def test_a_reaped_run_cannot_register_a_model_version(results_only):
+    queue = results_only
+    store = ResultsStore(queue.database())
+    run_id = store.start_run("late", {"model_name": "late"}, worker="host:1:abc")
+    assert store.reap(60) == []  # a fresh heartbeat is not stale
+    time.sleep(0.05)
+    assert store.reap(0.01) == [run_id]
+    assert store.heartbeat(run_id, "host:1:abc") is False
+    with pytest.raises(RunStateError, match=f"training run {run_id} was failed before it could be registered: worker lost"):
+        store.succeed_run(run_id, "host:1:abc", "late", "file:///nowhere", "0" * 64, [])
+    assert versions(queue, "late") == []
+    assert store.get_run(run_id).status == "failed"
+
+
+def test_only_a_queued_run_can_be_claimed(results_only):
+    queue = results_only
+    store = ResultsStore(queue.database())
+    run_id = store.queue_run("m", {"model_name": "m"})
+    assert store.claim_next("w:1:a").run_id == run_id
+    assert store.claim_next("w:2:b") is None
+    with pytest.raises(RunStateError, match=f"training run {run_id} is running, not queued"):
+        store.claim_run(run_id, "w:2:b")
