@@ -132,7 +132,8 @@ FAST_HEARTBEAT = {"TRAINER_HEARTBEAT_INTERVAL": "0.5", "TRAINER_HEARTBEAT_TIMEOU
 
 def start_and_kill(space: Workspace) -> int:
     """Start a real training process, wait until it beats, then kill -9 it."""
-    process = space.spawn_trainer("train", "--model-name", "doomed", "--quiet", **FAST_HEARTBEAT)
+    # One text per encoder batch: the run lasts long enough to be killed mid-way.
+    process = space.spawn_trainer("train", "--model-name", "doomed", "--quiet", "--batch-size", "1", **FAST_HEARTBEAT)
 
     def beating():
         rows = space.query(
@@ -168,9 +169,12 @@ def test_a_killed_training_process_is_reaped_as_worker_lost(queue):
 
 
 def test_a_terminated_run_is_marked_failed(queue):
-    process = queue.spawn_trainer("train", "--model-name", "stopped", "--quiet")
-    wait_for(lambda: runs(queue) and runs(queue)[0][1] == "running", 120, "the run to start")
-    time.sleep(1.0)
+    process = queue.spawn_trainer("train", "--model-name", "stopped", "--quiet", "--batch-size", "1", **FAST_HEARTBEAT)
+    wait_for(
+        lambda: queue.query("select count(*) from training.training_runs where heartbeat_at > started_at")[0][0],
+        120,
+        "the run to beat",
+    )
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     assert process.returncode != 0
