@@ -85,12 +85,6 @@ class DatasetSummary:
     def labels(self, split: str) -> list[str]:
         return sorted(label for (side, label) in self.examples if side == split)
 
-    def to_rows(self) -> list[dict]:
-        return [
-            {"split": split, "label": label, "examples": count, "documents": self.documents[(split, label)]}
-            for (split, label), count in sorted(self.examples.items())
-        ]
-
 
 def summarize(table: pa.Table) -> DatasetSummary:
     splits = table.column("split").to_pylist()

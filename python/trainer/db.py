@@ -150,9 +150,6 @@ class Database:
             return f"DuckDB file {self.settings.duckdb_path}"
         return self.settings.postgres_description()
 
-    def exists(self) -> bool:
-        return self.dialect != "duckdb" or self.settings.duckdb_path.is_file()
-
     def _connect(self, create: bool) -> Any:
         if self.dialect == "duckdb":
             import duckdb

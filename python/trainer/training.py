@@ -37,12 +37,6 @@ class TrainingResult:
     eval_examples: int
     metrics: list[Metric]
 
-    def metric(self, name: str, split: str = "eval", label: str | None = None) -> float | None:
-        for metric in self.metrics:
-            if (metric.split, metric.name, metric.label) == (split, name, label):
-                return metric.value
-        raise KeyError((split, name, label))
-
 
 def describe_error(exc: BaseException) -> str:
     """One line for the run's `error` column and the terminal."""
