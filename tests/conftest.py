@@ -321,3 +321,16 @@ def trained(request, tmp_path_factory):
     first = train(TrainingArguments(model_name="funsd", seed=7), settings, progress=False)
     second = train(TrainingArguments(model_name="funsd", seed=7), settings, progress=False)
     return space, first, second
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto, tests/s3_server.py) on 127.0.0.1, stopped at session end.
+
+    It has `.endpoint`, `.env()` (the AWS_* variables that reach it, with dummy
+    credentials) and `.new_bucket()`.
+    """
+    from s3_server import running_s3_server
+
+    with running_s3_server() as server:
+        yield server

@@ -85,7 +85,7 @@ def test_init_db_on_postgres_leaves_the_apps_tables_to_the_app(postgres_workspac
     first = workspace.trainer("init-db")
     assert first.returncode == 0, first.stderr
     assert "App tables missing in schema app: documents, annotations, annotation_events" in first.stdout
-    assert "applied migration(s) 1, 2" in first.stdout
+    assert "applied migration(s) 1, 2, 3" in first.stdout
     schemas = {name for (name,) in workspace.query("select schema_name from information_schema.schemata")}
     assert "training" in schemas and "app" not in schemas
     names = {name for (name,) in workspace.query(
@@ -97,7 +97,7 @@ def test_init_db_on_postgres_leaves_the_apps_tables_to_the_app(postgres_workspac
     assert second.returncode == 0, second.stderr
     assert "App tables created: app.documents, app.annotations, app.annotation_events" in second.stdout
     assert "Results schema: up to date" in second.stdout
-    assert workspace.query("select version from training.schema_migrations order by version") == [(1,), (2,)]
+    assert workspace.query("select version from training.schema_migrations order by version") == [(1,), (2,), (3,)]
 
 
 def test_init_db_applies_only_the_missing_migrations(workspace):
@@ -114,10 +114,10 @@ def test_init_db_applies_only_the_missing_migrations(workspace):
         MIGRATIONS[:] = all_migrations
     result = workspace.trainer("init-db", "--with-app-tables")
     assert result.returncode == 0, result.stderr
-    assert "applied migration(s) 2" in result.stdout
+    assert "applied migration(s) 2, 3" in result.stdout
     columns = {name for (name,) in workspace.query(
         "select column_name from information_schema.columns where table_schema = 'training' and table_name = 'training_runs'")}
-    assert {"heartbeat_at", "worker"} <= columns
+    assert {"heartbeat_at", "worker", "snapshot_uri", "snapshot_sha256", "dataset_summary", "dataset_as_of"} <= columns
 
 
 def test_a_newer_results_schema_is_refused(workspace):

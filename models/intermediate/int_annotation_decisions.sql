@@ -1,6 +1,7 @@
 {#- The one place that decides which event decides an annotation (CONTRACT §2.1).
     Only accepted, rejected and deleted events decide, spelled exactly so; created,
-    proposed and edited never do, and neither does any other event type. -#}
+    proposed and edited never do, and neither does any other event type. With the
+    var `as_of`, only events that occurred at or before it decide (macros/as_of.sql). -#}
 
 with
 
@@ -21,6 +22,8 @@ decision_events as (
         and annotation_id is not null
         and occurred_at is not null
         and event_id is not null
+        -- Point in time (var as_of): events after it have not happened yet.
+        and {{ occurred_by_as_of('occurred_at') }}
 
 ),
 

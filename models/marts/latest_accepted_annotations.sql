@@ -64,7 +64,7 @@ accepted as (
 
     where annotations.annotation_rows = 1
         and documents.document_rows = 1
-        and documents.deleted_at is null
+        and not {{ deleted_by_as_of('documents.deleted_at') }}
         and not {{ is_blank('decisions.deciding_label') }}
         and not {{ is_blank('annotations.text') }}
 

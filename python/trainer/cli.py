@@ -198,9 +198,51 @@ def _training_arguments(model_name, confidence_threshold, seed, batch_size):
     )
 
 
+def source_options(command):
+    """Where a run's examples come from (train and request); at most one."""
+    command = click.option(
+        "--from-csv",
+        "from_csv",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="Legacy flow: train on an old CSV export (annotation_id, document_id, page, text, label, status).",
+    )(command)
+    command = click.option(
+        "--from-snapshot",
+        "from_snapshot",
+        metavar="RUN_ID|FINGERPRINT",
+        default=None,
+        help="Train on the snapshot an earlier run stored (run id, or 8+ hex digits of a fingerprint); "
+        "the views are not read.",
+    )(command)
+    return click.option(
+        "--as-of",
+        "as_of",
+        metavar="TIMESTAMP",
+        default=None,
+        help="Build the examples as they were at this UTC time (ISO 8601, e.g. 2026-11-23T18:00:00Z): "
+        "later events are ignored.",
+    )(command)
+
+
+def _example_source(as_of, from_snapshot, from_csv):
+    from trainer.point_in_time import parse_as_of
+    from trainer.sources import CsvSource, DatabaseSource, SnapshotSource
+
+    given = [name for name, value in (("--as-of", as_of), ("--from-snapshot", from_snapshot), ("--from-csv", from_csv)) if value]
+    if len(given) > 1:
+        raise click.UsageError(f"{' and '.join(given)} cannot be combined: choose one source of examples")
+    if from_snapshot:
+        return SnapshotSource(from_snapshot)
+    if from_csv:
+        return CsvSource(from_csv)
+    return DatabaseSource(parse_as_of(as_of) if as_of else None)
+
+
 @cli.command()
 @target_option
 @training_options
+@source_options
 @click.option(
     "--training-run",
     "training_run",
@@ -211,14 +253,24 @@ def _training_arguments(model_name, confidence_threshold, seed, batch_size):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 @user_errors
-def train(ctx, target, model_name, confidence_threshold, seed, batch_size, training_run, quiet):
-    """Train a model on datasets.training_examples and record the run.
+def train(
+    ctx, target, model_name, confidence_threshold, seed, batch_size, as_of, from_snapshot, from_csv, training_run, quiet
+):
+    """Train a model and record the run, its snapshot, metrics and model version.
 
-    Reads the accepted examples built by dbt, embeds their texts with
-    all-MiniLM-L6-v2, fits a logistic-regression head on the train split,
-    evaluates on the eval split, stores the artifact in the blob store and
-    writes the run, its metrics and a new model version to the database.
-    On failure the run is marked failed with the error and the command exits 1.
+    Reads the accepted examples built by dbt (datasets.training_examples),
+    stores them as a Parquet snapshot in the blob store (one file per distinct
+    dataset, shared by runs), embeds their texts with all-MiniLM-L6-v2, fits a
+    logistic-regression head on the train split, evaluates on the eval split,
+    stores the model artifact and writes the run, its metrics and a new model
+    version to the database. On failure the run is marked failed with the
+    error and the command exits 1.
+
+    \b
+    Other sources of examples (one at most):
+      --as-of T            the datasets as they were at UTC time T
+      --from-snapshot REF  an earlier run's snapshot (run id or fingerprint)
+      --from-csv PATH      the legacy CSV export
 
     With --training-run ID it runs that queued run instead of a new one.
     """
@@ -232,7 +284,7 @@ def train(ctx, target, model_name, confidence_threshold, seed, batch_size, train
         if training_run is not None:
             given = [
                 "--" + name.replace("_", "-")
-                for name in TRAINING_OPTIONS
+                for name in (*TRAINING_OPTIONS, "as_of", "from_snapshot", "from_csv")
                 if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
             ]
             if given:
@@ -242,13 +294,15 @@ def train(ctx, target, model_name, confidence_threshold, seed, batch_size, train
             result = run_queued(training_run, settings, progress=_progress(quiet))
         else:
             args = _training_arguments(model_name, confidence_threshold, seed, batch_size)
-            result = train_model(args, settings, progress=_progress(quiet))
+            source = _example_source(as_of, from_snapshot, from_csv)
+            result = train_model(args, settings, progress=_progress(quiet), source=source)
     version = result.model_version
     click.echo(
         f"Run {result.run_id} succeeded: {version.model_name} version {version.version} "
         f"({result.train_examples} train / {result.eval_examples} eval examples, "
         f"dataset {result.dataset_fingerprint[:12]})"
     )
+    click.echo(f"Snapshot: {result.snapshot_uri}")
     click.echo(f"Artifact: {version.artifact_uri}")
     # Print what the database now holds, not what this process computed.
     _echo_metrics(ResultsStore(Database(settings)).run_metrics(result.run_id))
@@ -257,17 +311,20 @@ def train(ctx, target, model_name, confidence_threshold, seed, batch_size, train
 @cli.command()
 @target_option
 @training_options
+@source_options
 @user_errors
-def request(target, model_name, confidence_threshold, seed, batch_size):
+def request(target, model_name, confidence_threshold, seed, batch_size, as_of, from_snapshot, from_csv):
     """Queue a training run and print its id; a worker runs it.
 
-    The run is recorded as `queued` with its params; `python -m trainer worker`
-    (or `train --training-run ID`) picks it up.
+    The run is recorded as `queued` with its params (including where its
+    examples come from); `python -m trainer worker` (or `train --training-run
+    ID`) picks it up. A --from-csv path must be readable by the worker.
     """
     from trainer.work_queue import request_run
 
     args = _training_arguments(model_name, confidence_threshold, seed, batch_size)
-    click.echo(request_run(args, Settings.from_env(target=target)))
+    source = _example_source(as_of, from_snapshot, from_csv)
+    click.echo(request_run(args, Settings.from_env(target=target), source))
 
 
 @cli.command()
@@ -396,6 +453,116 @@ def metrics(target, run_id):
     _echo_metrics(store.run_metrics(chosen))
 
 
+@cli.group()
+def show():
+    """Print the lineage of a run or a model version.
+
+    \b
+    The chain, from the model back to the exact examples:
+      model version -> run -> params and library versions
+      -> dataset fingerprint -> snapshot -> counts per split and label
+    """
+
+
+@show.command("run")
+@target_option
+@click.argument("run_id", type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for machines.")
+@user_errors
+def show_run(target, run_id, as_json):
+    """The lineage of training run RUN_ID."""
+    from trainer.db import Database
+    from trainer.lineage import run_lineage
+    from trainer.results_store import ResultsStore
+
+    _echo_lineage(run_lineage(ResultsStore(Database(Settings.from_env(target=target))), run_id), as_json)
+
+
+@show.command("model")
+@target_option
+@click.argument("model_name")
+@click.argument("version", default="latest")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for machines.")
+@user_errors
+def show_model(target, model_name, version, as_json):
+    """The lineage of MODEL_NAME's VERSION (a number, or latest)."""
+    from trainer.db import Database
+    from trainer.lineage import model_lineage
+    from trainer.results_store import ResultsStore
+
+    store = ResultsStore(Database(Settings.from_env(target=target)))
+    _echo_lineage(model_lineage(store, model_name, _parse_version(version, "VERSION")), as_json)
+
+
+def _echo_lineage(lineage, as_json: bool) -> None:
+    import json
+
+    from trainer.lineage import render_lineage
+
+    click.echo(json.dumps(lineage, indent=2, sort_keys=True, ensure_ascii=False) if as_json else render_lineage(lineage))
+
+
+@cli.command()
+@target_option
+@click.option("--run", "run_id", required=True, help="Run id, or 'latest'.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["parquet", "jsonl", "csv"]), default="parquet", show_default=True
+)
+@click.option("--split", type=click.Choice(["all", "train", "eval"]), default="all", show_default=True)
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False), required=True, help="File to write.")
+@user_errors
+def export(target, run_id, fmt, split, output):
+    """Write the exact examples a run trained and evaluated on.
+
+    Reads the run's snapshot from the blob store (checking its sha256 and
+    fingerprint), not the live views. Parquet of all splits is the stored file
+    byte for byte; CSV (RFC 4180) and JSONL keep every text byte-exact. The
+    output appears only when complete.
+    """
+    from trainer.db import Database
+    from trainer.export import export_run
+    from trainer.results_store import ResultsStore
+
+    settings = Settings.from_env(target=target)
+    chosen = ResultsStore(Database(settings)).latest_run_id() if run_id == "latest" else _parse_run_id(run_id)
+    report = export_run(settings, chosen, fmt, output, split)
+    click.echo(
+        f"Exported {report.rows} example(s) of run {report.run_id} (dataset {report.fingerprint[:12]}) "
+        f"-> {report.output} (sha256 {report.sha256})"
+    )
+
+
+@cli.command()
+@target_option
+@click.option("--delete", is_flag=True, help="Remove the files listed (default: only list them).")
+@click.option(
+    "--older-than",
+    type=click.FloatRange(min=0),
+    default=3600.0,
+    show_default=True,
+    help="Seconds: younger files are kept (a trainer may be about to record them).",
+)
+@user_errors
+def gc(target, delete, older_than):
+    """List, and with --delete remove, blob-store files no row refers to.
+
+    Looks under models/ and snapshots/ of TRAINER_ARTIFACTS_URL. Kept: what a
+    model version or run points at, the files of queued and running runs, and
+    anything younger than --older-than. Garbage: partial writes of killed
+    trainers, artifacts of failed runs, unreferenced snapshots.
+    """
+    from trainer.gc import collect_garbage
+
+    report = collect_garbage(Settings.from_env(target=target), delete=delete, older_than=older_than)
+    for item in report.garbage:
+        click.echo(f"{'deleted' if delete else 'garbage'}  {item.file.uri}  ({item.file.size or 0} bytes; {item.reason})")
+    verb = "Deleted" if delete else "Found"
+    click.echo(
+        f"{verb} {len(report.garbage)} unreferenced file(s), {report.garbage_bytes} bytes; kept {report.kept}."
+        + ("" if delete or not report.garbage else " Run with --delete to remove them.")
+    )
+
+
 def _echo_metrics(metrics) -> None:
     if not metrics:
         return
@@ -426,15 +593,15 @@ def _blank(value) -> str:
     return "" if value is None else str(value)
 
 
-def _parse_version(value: str) -> int | None:
+def _parse_version(value: str, hint: str = "--model-version") -> int | None:
     if value.strip().lower() == "latest":
         return None
     try:
         number = int(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not a version number or 'latest'", param_hint="--model-version")
+        raise click.BadParameter(f"{value!r} is not a version number or 'latest'", param_hint=hint)
     if number < 1:
-        raise click.BadParameter("versions start at 1", param_hint="--model-version")
+        raise click.BadParameter("versions start at 1", param_hint=hint)
     return number
 
 

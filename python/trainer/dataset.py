@@ -33,20 +33,53 @@ EXAMPLE_COLUMNS = (
 # texts, labels, splits). Boxes and acceptance metadata are deliberately out:
 # the legacy CSV export, which has no boxes, must fingerprint the same.
 FINGERPRINT_FIELDS = ("annotation_id", "document_id", "split", "label", "text")
+# The examples' Arrow types, the same whatever the engine (or CSV) they came from,
+# so a snapshot of the same rows is the same file.
+EXAMPLE_SCHEMA = pa.schema(
+    [
+        ("annotation_id", pa.string()),
+        ("document_id", pa.string()),
+        ("page", pa.int32()),
+        ("x0", pa.float64()),
+        ("y0", pa.float64()),
+        ("x1", pa.float64()),
+        ("y1", pa.float64()),
+        ("text", pa.string()),
+        ("label", pa.string()),
+        ("accepted_at", pa.timestamp("us")),
+        ("accepted_by", pa.string()),
+        ("accepted_event_id", pa.int64()),
+        ("split", pa.string()),
+    ]
+)
+assert tuple(EXAMPLE_SCHEMA.names) == EXAMPLE_COLUMNS
 _FINGERPRINT_DOMAIN = b"training-db-pipeline/training-examples/v1\n"
 
 BUILD_HINT = "build the datasets first: dbt build --profiles-dir profiles --target {target}"
 
 
-def read_training_examples(session: Session) -> pa.Table:
-    """All rows of ``datasets.training_examples``, sorted by annotation_id (bytewise)."""
-    if not session.relation_exists(DATASETS_SCHEMA, TRAINING_EXAMPLES):
-        raise DatasetError(
-            f"{DATASETS_SCHEMA}.{TRAINING_EXAMPLES} does not exist; " + BUILD_HINT.format(target=session.dialect)
-        )
+def read_training_examples(session: Session, query: str | None = None) -> pa.Table:
+    """All rows of ``datasets.training_examples`` (or of ``query``, the same
+    models compiled inline for a point in time), sorted by annotation_id (bytewise)."""
+    if query is None:
+        if not session.relation_exists(DATASETS_SCHEMA, TRAINING_EXAMPLES):
+            raise DatasetError(
+                f"{DATASETS_SCHEMA}.{TRAINING_EXAMPLES} does not exist; " + BUILD_HINT.format(target=session.dialect)
+            )
+        query = f"{DATASETS_SCHEMA}.{TRAINING_EXAMPLES}"
+    else:
+        query = f"({query}) as training_examples"
     columns = ", ".join(EXAMPLE_COLUMNS)
-    table = session.fetch_arrow(f"select {columns} from {DATASETS_SCHEMA}.{TRAINING_EXAMPLES}")
-    return sort_examples(table)
+    return as_examples(session.fetch_arrow(f"select {columns} from {query}"))
+
+
+def as_examples(table: pa.Table) -> pa.Table:
+    """The examples in :data:`EXAMPLE_SCHEMA` types and annotation_id order."""
+    try:
+        table = table.select(list(EXAMPLE_COLUMNS)).cast(EXAMPLE_SCHEMA)
+    except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DatasetError(f"the examples do not have the expected columns and types: {exc}") from exc
+    return sort_examples(table.replace_schema_metadata(None))
 
 
 def sort_examples(table: pa.Table) -> pa.Table:
@@ -84,6 +117,13 @@ class DatasetSummary:
 
     def labels(self, split: str) -> list[str]:
         return sorted(label for (side, label) in self.examples if side == split)
+
+    def to_rows(self) -> list[dict]:
+        """One dict per (split, label), like ``datasets.dataset_summary``, for JSON."""
+        return [
+            {"split": split, "label": label, "examples": count, "documents": self.documents[(split, label)]}
+            for (split, label), count in sorted(self.examples.items())
+        ]
 
 
 def summarize(table: pa.Table) -> DatasetSummary:

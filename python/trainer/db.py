@@ -42,8 +42,10 @@ class Session:
         self._connection = connection
         self.dialect = dialect
 
-    def _sql(self, sql: str) -> str:
-        if self.dialect == "postgres":
+    def _sql(self, sql: str, params: Sequence[Any]) -> str:
+        # psycopg reads % as a placeholder only when parameters are passed; SQL
+        # without parameters (e.g. compiled by dbt, with its `%` modulo) goes as is.
+        if self.dialect == "postgres" and params:
             return sql.replace("%", "%%").replace("?", "%s")
         return sql
 
@@ -52,7 +54,7 @@ class Session:
             rows = self._connection.execute(sql, list(params)).fetchall()
             return Result(rows, len(rows))
         with self._connection.cursor() as cursor:
-            cursor.execute(self._sql(sql), list(params) if params else None)
+            cursor.execute(self._sql(sql, params), list(params) if params else None)
             rows = cursor.fetchall() if cursor.description is not None else []
             return Result(rows, cursor.rowcount)
 
@@ -71,7 +73,7 @@ class Session:
         if self.dialect == "duckdb":
             return self._connection.sql(sql, params=list(params) or None).to_arrow_table()
         with self._connection.cursor() as cursor:
-            cursor.execute(self._sql(sql), list(params) if params else None)
+            cursor.execute(self._sql(sql, params), list(params) if params else None)
             names = [column.name for column in cursor.description]
             rows = cursor.fetchall()
         return pa.table({name: [row[i] for row in rows] for i, name in enumerate(names)})

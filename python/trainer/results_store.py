@@ -104,6 +104,29 @@ MIGRATIONS: list[tuple[int, str, list[str | dict[str, str]]]] = [
             },
         ],
     ),
+    (
+        3,
+        "lineage: dataset snapshot, summary and point in time of a run; pinned split overrides",
+        [
+            "alter table training.training_runs add column if not exists snapshot_uri text",
+            "alter table training.training_runs add column if not exists snapshot_sha256 text",
+            # JSON text: [{split, label, examples, documents}, …] as in datasets.dataset_summary.
+            "alter table training.training_runs add column if not exists dataset_summary text",
+            "alter table training.training_runs add column if not exists dataset_as_of timestamp",
+            # Runs trained from one snapshot share a fingerprint: find them without a scan.
+            "create index if not exists training_runs_dataset_fingerprint_idx "
+            "on training.training_runs (dataset_fingerprint)",
+            # Read by dbt (models/staging/stg_training__split_overrides.sql), kept by people.
+            """
+            create table if not exists training.split_overrides (
+                document_id text not null,
+                split text not null,
+                note text,
+                constraint split_overrides_document_id_pkey primary key (document_id),
+                constraint split_overrides_split_check check (split in ('train', 'eval'))
+            )""",
+        ],
+    ),
 ]
 # An advisory-lock key for schema changes on PostgreSQL (any constant shared by all trainers).
 _MIGRATION_LOCK_KEY = 7_316_250_921
@@ -142,6 +165,10 @@ class TrainingRun:
     artifact_uri: str | None
     heartbeat_at: datetime | None
     worker: str | None
+    snapshot_uri: str | None
+    snapshot_sha256: str | None
+    dataset_summary: list[dict[str, Any]] | None
+    dataset_as_of: datetime | None
 
 
 @dataclass(frozen=True)
@@ -157,7 +184,8 @@ class ModelVersion:
 
 _RUN_COLUMNS = (
     "run_id, model_name, status, created_at, started_at, finished_at, error, params, "
-    "dataset_fingerprint, train_examples, eval_examples, artifact_uri, heartbeat_at, worker"
+    "dataset_fingerprint, train_examples, eval_examples, artifact_uri, heartbeat_at, worker, "
+    "snapshot_uri, snapshot_sha256, dataset_summary, dataset_as_of"
 )
 _VERSION_COLUMNS = "model_version_id, model_name, version, run_id, artifact_uri, artifact_sha256, created_at"
 
@@ -174,6 +202,7 @@ def _refuse_newer_schema(applied: set[int]) -> None:
 def _run(row: tuple) -> TrainingRun:
     values = list(row)
     values[7] = json.loads(values[7])
+    values[16] = None if values[16] is None else json.loads(values[16])
     return TrainingRun(*values)
 
 
@@ -332,12 +361,34 @@ class ResultsStore:
                 )
         return [int(row[0]) for row in stale]
 
-    def record_dataset(self, run_id: int, fingerprint: str, train_examples: int, eval_examples: int) -> None:
+    def record_dataset(
+        self,
+        run_id: int,
+        fingerprint: str,
+        train_examples: int,
+        eval_examples: int,
+        snapshot_uri: str,
+        snapshot_sha256: str,
+        summary: list[dict[str, Any]],
+        as_of: datetime | None = None,
+    ) -> None:
+        """Record what a run trains on: fingerprint, counts, the stored snapshot
+        (already complete in the blob store) and the summary per split and label."""
         with self.database.session() as session:
             session.execute(
                 "update training.training_runs set dataset_fingerprint = ?, train_examples = ?, "
-                "eval_examples = ? where run_id = ?",
-                (fingerprint, train_examples, eval_examples, run_id),
+                "eval_examples = ?, snapshot_uri = ?, snapshot_sha256 = ?, dataset_summary = ?, dataset_as_of = ? "
+                "where run_id = ?",
+                (
+                    fingerprint,
+                    train_examples,
+                    eval_examples,
+                    snapshot_uri,
+                    snapshot_sha256,
+                    json.dumps(summary, sort_keys=True),
+                    as_of,
+                    run_id,
+                ),
             )
 
     def fail_run(self, run_id: int, error: str) -> None:
@@ -419,6 +470,46 @@ class ResultsStore:
                 f"select {_RUN_COLUMNS} from training.training_runs order by run_id desc limit ?", (limit,)
             )
         return [_run(row) for row in rows]
+
+    def find_snapshot(self, fingerprint_prefix: str) -> TrainingRun:
+        """The latest run that recorded a snapshot of the dataset whose fingerprint
+        starts with ``fingerprint_prefix``; refuses an ambiguous prefix."""
+        prefix = fingerprint_prefix.strip().lower()
+        with self.database.session() as session:
+            rows = session.fetchall(
+                f"select {_RUN_COLUMNS} from training.training_runs where snapshot_uri is not null "
+                "and substr(dataset_fingerprint, 1, ?) = ? order by run_id desc",
+                (len(prefix), prefix),
+            )
+        if not rows:
+            raise NotFound(f"no run recorded a snapshot of a dataset with fingerprint {prefix}…")
+        fingerprints = {row[8] for row in rows}
+        if len(fingerprints) > 1:
+            raise NotFound(
+                f"fingerprint prefix {prefix} is ambiguous: it matches {len(fingerprints)} datasets; give more digits"
+            )
+        return _run(rows[0])
+
+    def referenced_artifacts(self) -> set[str]:
+        """Every artifact and snapshot URI a row points at (for garbage collection)."""
+        with self.database.session() as session:
+            rows = session.fetchall(
+                "select artifact_uri from training.training_runs where artifact_uri is not null "
+                "union select snapshot_uri from training.training_runs where snapshot_uri is not null "
+                "union select artifact_uri from training.model_versions"
+            )
+        return {row[0] for row in rows}
+
+    def active_run_ids(self) -> set[int]:
+        """Runs still queued or running (their artifacts may be half-written)."""
+        with self.database.session() as session:
+            rows = session.fetchall("select run_id from training.training_runs where status in ('queued', 'running')")
+        return {int(row[0]) for row in rows}
+
+    def get_model_version_by_run(self, run_id: int) -> ModelVersion | None:
+        with self.database.session() as session:
+            row = session.fetchone(f"select {_VERSION_COLUMNS} from training.model_versions where run_id = ?", (run_id,))
+        return None if row is None else ModelVersion(*row)
 
     def latest_run_id(self) -> int:
         with self.database.session() as session:

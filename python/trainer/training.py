@@ -17,7 +17,7 @@ import numpy as np
 from trainer.arguments import TrainingArguments
 from trainer.artifacts import ArtifactStore
 from trainer.classifier import SegmentClassifier
-from trainer.dataset import check_trainable, dataset_fingerprint, read_training_examples, summarize
+from trainer.dataset import check_trainable, dataset_fingerprint, summarize
 from trainer.db import Database
 from trainer.embeddings import embed_texts, embedding_model_id
 from trainer.errors import DatasetError, TrainerError, TrainingFailed
@@ -25,6 +25,8 @@ from trainer.evaluation import evaluate
 from trainer.heartbeat import Heartbeat, worker_identity
 from trainer.results_store import Metric, ModelVersion, ResultsStore
 from trainer.settings import Settings
+from trainer.snapshots import write_snapshot
+from trainer.sources import DatabaseSource, ExampleSource, source_from_params
 from trainer.versions import library_versions
 
 
@@ -33,6 +35,7 @@ class TrainingResult:
     run_id: int
     model_version: ModelVersion
     dataset_fingerprint: str
+    snapshot_uri: str
     train_examples: int
     eval_examples: int
     metrics: list[Metric]
@@ -55,16 +58,26 @@ def ensure_results_tables(database: Database, store: ResultsStore) -> None:
             )
 
 
-def train(args: TrainingArguments, settings: Settings, progress: bool | None = None) -> TrainingResult:
-    """Train one model on ``datasets.training_examples`` now, and record everything.
+def train(
+    args: TrainingArguments,
+    settings: Settings,
+    progress: bool | None = None,
+    source: ExampleSource | None = None,
+) -> TrainingResult:
+    """Train one model now and record everything.
+
+    The examples come from ``source``: by default ``datasets.training_examples``
+    as the views show it now (see :mod:`trainer.sources` for a point in time, a
+    stored snapshot or the legacy CSV export).
 
     Raises :class:`TrainingFailed` (after marking the run `failed`) when the run
     cannot complete, and other :class:`TrainerError`\\ s when no run could be started.
     """
+    source = source or DatabaseSource()
     context = _Context(settings)
     context.store.reap(settings.heartbeat_timeout)
-    run_id = context.store.start_run(args.model_name, run_params(args, settings), context.worker)
-    return _execute(context, run_id, args, progress)
+    run_id = context.store.start_run(args.model_name, run_params(args, settings, source), context.worker)
+    return _execute(context, run_id, args, source, progress)
 
 
 def run_queued(run_id: int, settings: Settings, progress: bool | None = None) -> TrainingResult:
@@ -79,15 +92,17 @@ def execute_claimed(context: _Context, run, progress: bool | None) -> TrainingRe
     """Train a run this process has claimed; a run with unusable params fails."""
     try:
         args = TrainingArguments.from_dict(run.params)
+        source = source_from_params(run.params)
     except TrainerError as exc:
         context.store.fail_run(run.run_id, f"invalid params: {exc}")
         raise TrainingFailed(run.run_id, f"invalid params: {exc}") from exc
-    return _execute(context, run.run_id, args, progress)
+    return _execute(context, run.run_id, args, source, progress)
 
 
-def run_params(args: TrainingArguments, settings: Settings) -> dict:
-    """What a run records as its params before it starts."""
-    return {**args.to_dict(), "source": "database", "target": settings.target}
+def run_params(args: TrainingArguments, settings: Settings, source: ExampleSource | None = None) -> dict:
+    """What a run records as its params before it starts: the training arguments,
+    where the examples come from, and the target database."""
+    return {**args.to_dict(), **(source or DatabaseSource()).params(), "target": settings.target}
 
 
 class _Context:
@@ -102,14 +117,16 @@ class _Context:
         ensure_results_tables(self.database, self.store)
 
 
-def _execute(context: _Context, run_id: int, args: TrainingArguments, progress: bool | None) -> TrainingResult:
+def _execute(
+    context: _Context, run_id: int, args: TrainingArguments, source: ExampleSource, progress: bool | None
+) -> TrainingResult:
     """Run a claimed run to `succeeded`, or mark it `failed` and raise."""
     try:
         with Heartbeat(context.store, run_id, context.worker, context.settings.heartbeat_interval):
             context.store.add_params(
                 run_id, {"library_versions": library_versions(context.database.engine_version()), "worker": context.worker}
             )
-            return _train_run(run_id, args, context, progress)
+            return _train_run(run_id, args, source, context, progress)
     except BaseException as exc:
         message = describe_error(exc) if isinstance(exc, Exception) else f"interrupted ({type(exc).__name__})"
         context.store.fail_run(run_id, message)
@@ -118,15 +135,21 @@ def _execute(context: _Context, run_id: int, args: TrainingArguments, progress: 
         raise
 
 
-def _train_run(run_id: int, args: TrainingArguments, context: _Context, progress: bool | None) -> TrainingResult:
-    database, store = context.database, context.store
-    with database.session() as session:
-        examples = read_training_examples(session)
+def _train_run(
+    run_id: int, args: TrainingArguments, source: ExampleSource, context: _Context, progress: bool | None
+) -> TrainingResult:
+    store = context.store
+    loaded = source.load(context.database, store, context.artifacts)
+    examples = loaded.examples
     summary = summarize(examples)
     check_trainable(summary)
     fingerprint = dataset_fingerprint(examples)
     train_size, eval_size = summary.split_size("train"), summary.split_size("eval")
-    store.record_dataset(run_id, fingerprint, train_size, eval_size)
+    # The snapshot is complete in the blob store before the run points at it.
+    snapshot = write_snapshot(context.artifacts, examples, fingerprint)
+    store.record_dataset(
+        run_id, fingerprint, train_size, eval_size, snapshot.uri, snapshot.sha256, summary.to_rows(), loaded.as_of
+    )
 
     _seed_everything(args.seed)
     texts = examples.column("text").to_pylist()
@@ -160,7 +183,7 @@ def _train_run(run_id: int, args: TrainingArguments, context: _Context, progress
     directory = f"models/{args.model_name}/run-{run_id}-{uuid.uuid4().hex[:12]}"
     artifact_uri, artifact_sha256 = classifier.save(context.artifacts, directory)
     version = store.succeed_run(run_id, context.worker, args.model_name, artifact_uri, artifact_sha256, metrics)
-    return TrainingResult(run_id, version, fingerprint, train_size, eval_size, metrics)
+    return TrainingResult(run_id, version, fingerprint, snapshot.uri, train_size, eval_size, metrics)
 
 
 def _fit_head(embeddings: np.ndarray, labels: list[str], args: TrainingArguments):

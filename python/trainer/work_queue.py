@@ -13,15 +13,17 @@ from trainer.db import Database
 from trainer.errors import TrainingFailed
 from trainer.results_store import ResultsStore
 from trainer.settings import Settings
+from trainer.sources import ExampleSource
 from trainer.training import TrainingResult, _Context, ensure_results_tables, execute_claimed, run_params
 
 
-def request_run(args: TrainingArguments, settings: Settings) -> int:
-    """Queue a training run with these arguments; return its id. A worker runs it."""
+def request_run(args: TrainingArguments, settings: Settings, source: ExampleSource | None = None) -> int:
+    """Queue a training run with these arguments (and examples from ``source``,
+    by default the live views); return its id. A worker runs it."""
     database = Database(settings)
     store = ResultsStore(database)
     ensure_results_tables(database, store)
-    return store.queue_run(args.model_name, run_params(args, settings))
+    return store.queue_run(args.model_name, run_params(args, settings, source))
 
 
 def reap(settings: Settings, timeout: float | None = None) -> list[int]:
