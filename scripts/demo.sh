@@ -70,6 +70,7 @@ python -m trainer train
 echo
 echo "Done. The database holds the app's tables (app), the dataset views (datasets) and the results (training):"
 echo "  .venv/bin/python -m trainer runs --target $target"
+echo "  .venv/bin/python -m trainer show model segment-labeler latest --target $target   # lineage down to the snapshot"
 if [ "$target" = duckdb ]; then
     echo "  .venv/bin/python -c \"import duckdb; print(duckdb.connect('${TRAINER_DUCKDB_PATH:-warehouse.duckdb}', read_only=True).sql('select * from datasets.training_examples limit 5'))\""
 else

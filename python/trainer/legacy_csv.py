@@ -26,7 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from trainer.csv_io import read_csv
-from trainer.dataset import sort_examples
+from trainer.dataset import EXAMPLE_SCHEMA, sort_examples
 from trainer.errors import InputFileError
 from trainer.split_rule import SplitRule
 
@@ -91,26 +91,8 @@ def read_legacy_csv(path: Path, rule: SplitRule) -> LegacyCsv:
         columns["text"].append(text)
         columns["label"].append(label)
 
-    # The columns and Arrow types of datasets.training_examples as the database
-    # snapshot reads it (trainer.dataset.read_training_examples on DuckDB). The
-    # export has no boxes and no acceptance event: those columns are null.
-    schema = pa.schema(
-        [
-            ("annotation_id", pa.string()),
-            ("document_id", pa.string()),
-            ("page", pa.int32()),
-            ("x0", pa.float64()),
-            ("y0", pa.float64()),
-            ("x1", pa.float64()),
-            ("y1", pa.float64()),
-            ("text", pa.string()),
-            ("label", pa.string()),
-            ("accepted_at", pa.timestamp("us")),
-            ("accepted_by", pa.string()),
-            ("accepted_event_id", pa.int64()),
-            ("split", pa.string()),
-        ]
-    )
+    # The export has no boxes and no acceptance event: those columns are null.
+    schema = EXAMPLE_SCHEMA
     columns["split"] = [rule.split_of(document_id) for document_id in columns["document_id"]]
     count = len(columns["annotation_id"])
     arrays = [
