@@ -15,6 +15,7 @@ credentials and no endpoint of its own.
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 import uuid
 from collections.abc import Iterator
@@ -49,6 +50,7 @@ class ArtifactStore:
     def __init__(self, url: str):
         self.url = url
         self.is_s3 = fsspec.utils.get_protocol(url) in S3_PROTOCOLS
+        self.is_local = fsspec.utils.get_protocol(url) in ("file", "local")
         try:
             self.fs, root = fsspec.core.url_to_fs(url, **self._filesystem_options())
         except (ImportError, ValueError) as exc:
@@ -105,6 +107,8 @@ class ArtifactStore:
         inside = normalized == self.root or normalized.startswith(self.root.rstrip("/") + "/")
         if not inside or ".." in path.split("/"):
             raise ArtifactError(f"artifact {uri!r} is outside the artifact store {self.url!r}")
+        if self.is_local and not _resolves_inside(normalized, self.root):
+            raise ArtifactError(f"artifact {uri!r} leads outside the artifact store {self.url!r} through a symlink")
         return normalized
 
     def _relative(self, path: str) -> str:
@@ -245,6 +249,14 @@ class ArtifactStore:
                 self.fs.rm(path)
         except self._errors:
             pass
+
+
+def _resolves_inside(path: str, root: str) -> bool:
+    """Whether ``path``, with every symlink on the way followed, stays under ``root``
+    (itself resolved: the root may legitimately live behind a symlink)."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
 
 
 def _modified(info: dict) -> datetime | None:

@@ -27,6 +27,10 @@ Settings (CONTRACT §6):
   TRAINER_HEARTBEAT_INTERVAL, TRAINER_HEARTBEAT_TIMEOUT
                          seconds (15, 120): how often a running run beats,
                          and when a silent one is reaped as "worker lost"
+  TRAINER_API_TOKENS     serve: name:role:secret entries (roles reader,
+                         trainer), or TRAINER_API_TOKENS_FILE
+  TRAINER_API_HOST, TRAINER_API_PORT
+                         serve: where to listen (127.0.0.1, 8000)
 """
 
 
@@ -561,6 +565,66 @@ def gc(target, delete, older_than):
         f"{verb} {len(report.garbage)} unreferenced file(s), {report.garbage_bytes} bytes; kept {report.kept}."
         + ("" if delete or not report.garbage else " Run with --delete to remove them.")
     )
+
+
+@cli.command()
+@target_option
+@click.option("--host", envvar="TRAINER_API_HOST", default="127.0.0.1", show_default=True, help="Address to listen on (env TRAINER_API_HOST).")
+@click.option(
+    "--port", envvar="TRAINER_API_PORT", type=click.IntRange(0, 65535), default=8000, show_default=True,
+    help="Port to listen on (env TRAINER_API_PORT; 0 picks a free one).",
+)
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info", show_default=True)
+@user_errors
+def serve(target, host, port, log_level):
+    """Serve the audit API (FastAPI under uvicorn).
+
+    \b
+    Runs, metrics, the exact datasets and models of any run, the live dataset,
+    and POST /training-runs to queue a run (a `worker` trains it). Every route
+    but /health needs a bearer token; the server refuses to start without one:
+      TRAINER_API_TOKENS="auditor:reader:<secret>,spa:trainer:<secret>"
+    (or TRAINER_API_TOKENS_FILE, one entry per line; `new-token` makes one).
+    Every export and download is recorded in training.audit_log.
+    OpenAPI: /openapi.json and /docs (with a token), or `python -m trainer openapi`.
+    """
+    import uvicorn
+
+    from trainer.api import create_app
+    from trainer.api.tokens import TokenRegistry
+
+    tokens = TokenRegistry.from_env()
+    app = create_app(Settings.from_env(target=target), tokens)
+    click.echo(f"Serving the audit API on http://{host}:{port} ({len(tokens.tokens)} token(s) configured)", err=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+
+
+@cli.command("new-token")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["reader", "trainer"]), default="reader", show_default=True)
+@user_errors
+def new_token(name, role):
+    """Print a new API token entry NAME:ROLE:SECRET for TRAINER_API_TOKENS.
+
+    The secret is 256 random bits; keep the line in your secret store and give
+    the part after the second colon to the client.
+    """
+    from trainer.api.tokens import new_token_entry
+
+    click.echo(new_token_entry(name, role))
+
+
+@cli.command()
+@user_errors
+def openapi():
+    """Print the audit API's OpenAPI document (JSON), without starting a server."""
+    import json
+
+    from trainer.api import create_app
+    from trainer.api.tokens import ApiToken, TokenRegistry
+
+    app = create_app(Settings.from_env(), TokenRegistry([ApiToken("offline", "reader", b"")]))
+    click.echo(json.dumps(app.openapi(), indent=2, sort_keys=True))
 
 
 def _echo_metrics(metrics) -> None:

@@ -94,15 +94,46 @@ def dataset_fingerprint(table: pa.Table) -> str:
 
     Each field is length-prefixed, so no two different datasets share an encoding.
     """
-    digest = hashlib.sha256(_FINGERPRINT_DOMAIN)
-    ordered = sort_examples(table)
-    columns = [ordered.column(name).to_pylist() for name in FINGERPRINT_FIELDS]
-    for values in zip(*columns):
-        for value in values:
-            encoded = value.encode("utf-8")
-            digest.update(len(encoded).to_bytes(8, "big"))
-            digest.update(encoded)
-    return digest.hexdigest()
+    fingerprint = Fingerprint()
+    for batch in sort_examples(table).to_batches():
+        fingerprint.update(batch)
+    return fingerprint.hexdigest()
+
+
+class Fingerprint:
+    """:func:`dataset_fingerprint` computed batch by batch, for datasets read as a
+    stream in annotation_id byte order (refused when they are not in that order)."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256(_FINGERPRINT_DOMAIN)
+        self._last_id: str | None = None
+
+    def update(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
+            return
+        columns = [batch.column(name).to_pylist() for name in FINGERPRINT_FIELDS]
+        ids = columns[0]
+        # Python compares str by code point, which is UTF-8 byte order.
+        if (self._last_id is not None and ids[0] < self._last_id) or any(a > b for a, b in zip(ids, ids[1:])):
+            raise DatasetError("examples streamed for fingerprinting are not in annotation_id order")
+        self._last_id = ids[-1]
+        digest = self._digest
+        for values in zip(*columns):
+            for value in values:
+                encoded = value.encode("utf-8")
+                digest.update(len(encoded).to_bytes(8, "big"))
+                digest.update(encoded)
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
+def as_example_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """One batch of examples in :data:`EXAMPLE_SCHEMA` types (order untouched)."""
+    try:
+        return batch.select(list(EXAMPLE_COLUMNS)).cast(EXAMPLE_SCHEMA)
+    except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DatasetError(f"the examples do not have the expected columns and types: {exc}") from exc
 
 
 @dataclass(frozen=True)

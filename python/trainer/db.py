@@ -78,6 +78,24 @@ class Session:
             rows = cursor.fetchall()
         return pa.table({name: [row[i] for row in rows] for i, name in enumerate(names)})
 
+    def stream_arrow(self, sql: str, schema: pa.Schema, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
+        """Run a query and yield its rows as record batches of ``schema`` (whose
+        names are the query's columns, in order), never holding more than one batch."""
+        if self.dialect == "duckdb":
+            reader = self._connection.sql(sql).to_arrow_reader(batch_rows)
+            for batch in reader:
+                yield batch.cast(schema)
+            return
+        # A server-side cursor: PostgreSQL sends the rows batch by batch.
+        with self._connection.cursor(name=f"stream_{uuid.uuid4().hex[:12]}") as cursor:
+            cursor.itersize = batch_rows
+            cursor.execute(sql)
+            while rows := cursor.fetchmany(batch_rows):
+                yield pa.record_batch(
+                    [pa.array([row[i] for row in rows], type=field.type) for i, field in enumerate(schema)],
+                    schema=schema,
+                )
+
     def relation_exists(self, schema: str, name: str) -> bool:
         """True when a table or view ``schema.name`` exists."""
         return bool(

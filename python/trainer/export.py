@@ -1,9 +1,14 @@
-"""Exporting a run's snapshot: the exact examples it trained and evaluated on.
+"""Datasets on their way out: a run's snapshot (the exact examples it trained and
+evaluated on) or the live ``datasets.training_examples``, as Parquet, JSONL or CSV.
 
-Parquet of the whole snapshot is the stored file itself, byte for byte (its
-sha256 is the one the run recorded). CSV and JSONL keep every text byte-exact:
-newlines, carriage returns, quotes, commas, right-to-left marks and emoji come
-back unchanged through any RFC 4180 reader or JSON parser.
+Everything streams in record batches, so a dataset of any size leaves with flat
+memory. Parquet of a whole snapshot is the stored file itself, byte for byte
+(its sha256 is the one the run recorded). CSV and JSONL keep every text
+byte-exact: newlines, carriage returns, quotes, commas, right-to-left marks and
+emoji come back unchanged through any RFC 4180 reader or JSON parser.
+
+The CLI (`export`) and the audit API both go through :func:`open_run_dataset`
+and :func:`open_current_dataset`.
 """
 
 from __future__ import annotations
@@ -13,24 +18,198 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from trainer.artifacts import ArtifactStore
-from trainer.dataset import EXAMPLE_COLUMNS
+from trainer.dataset import (
+    BUILD_HINT,
+    DATASETS_SCHEMA,
+    EXAMPLE_COLUMNS,
+    EXAMPLE_SCHEMA,
+    TRAINING_EXAMPLES,
+    Fingerprint,
+    as_example_batch,
+)
 from trainer.db import Database
-from trainer.errors import ConfigurationError, DatasetError, InputFileError
-from trainer.results_store import ResultsStore
+from trainer.errors import ArtifactError, ConfigurationError, DatasetError, InputFileError, NotFound
+from trainer.results_store import ResultsStore, TrainingRun
 from trainer.settings import Settings
 
 FORMATS = ("parquet", "jsonl", "csv")
 SPLITS = ("all", "train", "eval")
+MEDIA_TYPES = {
+    "parquet": "application/vnd.apache.parquet",
+    "jsonl": "application/x-ndjson",
+    "csv": "text/csv; charset=utf-8",
+}
+BATCH_ROWS = 8192  # rows encoded at a time
+READ_CHUNK = 1024 * 1024  # bytes of a stored file sent at a time
+
+
+@dataclass
+class DatasetStream:
+    """One dataset in one format, as chunks of bytes; close it when done (or abandoned)."""
+
+    format: str
+    split: str
+    rows: int
+    fingerprint: str | None
+    # The stored snapshot's sha256 (a run's dataset), whatever the format.
+    snapshot_sha256: str | None
+    # The sha256 of the bytes this stream yields, when known before sending.
+    content_sha256: str | None
+    chunks: Iterator[bytes]
+    _cleanups: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    @property
+    def media_type(self) -> str:
+        return MEDIA_TYPES[self.format]
+
+    def close(self) -> None:
+        close = getattr(self.chunks, "close", None)
+        try:
+            if close is not None:
+                close()
+        except ValueError:  # still running in another thread; its finally cleans up
+            pass
+        for cleanup in self._cleanups:
+            cleanup()
+        self._cleanups.clear()
+
+    def __enter__(self) -> DatasetStream:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def check_choice(fmt: str, split: str) -> None:
+    if fmt not in FORMATS:
+        raise ConfigurationError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if split not in SPLITS:
+        raise ConfigurationError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+
+
+def open_run_dataset(settings: Settings, run_id: int, fmt: str, split: str = "all") -> DatasetStream:
+    """Stream run ``run_id``'s snapshot: checked against its recorded sha256 first,
+    and again while it is sent (a file altered midway is cut off with an error)."""
+    check_choice(fmt, split)
+    run = ResultsStore(Database(settings)).get_run(run_id)
+    if run.snapshot_uri is None or run.snapshot_sha256 is None:
+        reason = f"{run.status}{': ' + run.error if run.error else ''}"
+        raise NotFound(f"training run {run_id} recorded no dataset snapshot ({reason})")
+    artifacts = ArtifactStore(settings.artifacts_url)
+    if artifacts.sha256_of(run.snapshot_uri) != run.snapshot_sha256:
+        raise ArtifactError(
+            f"snapshot of training run {run_id} does not match its recorded sha256 {run.snapshot_sha256[:12]}…: "
+            "it was altered"
+        )
+    rows = _split_rows(run, split)
+    if fmt == "parquet" and split == "all":
+        chunks = _stored_file_chunks(artifacts, run.snapshot_uri, run.snapshot_sha256)
+        return DatasetStream(fmt, split, rows, run.dataset_fingerprint, run.snapshot_sha256, run.snapshot_sha256, chunks)
+    batches = _snapshot_batches(artifacts, run.snapshot_uri, split)
+    return DatasetStream(fmt, split, rows, run.dataset_fingerprint, run.snapshot_sha256, None, encode_batches(batches, fmt))
+
+
+def open_current_dataset(settings: Settings, fmt: str, split: str = "all") -> DatasetStream:
+    """Stream ``datasets.training_examples`` as it is now.
+
+    The view is read once, in annotation_id order, into a temporary Parquet file
+    (TMPDIR), so the database is held only for that read and the answer is one
+    consistent state however slowly it is sent. Its fingerprint is the one a run
+    trained now would record, and its Parquet is the snapshot such a run would store.
+    """
+    check_choice(fmt, split)
+    from trainer.snapshots import write_parquet
+
+    database = Database(settings)
+    handle = tempfile.NamedTemporaryFile(prefix="training-examples-", suffix=".parquet", delete=False)
+    spool = Path(handle.name)
+    try:
+        fingerprint = Fingerprint()
+        counts: Counter[str] = Counter()
+        digest = hashlib.sha256()
+
+        def counted(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            for batch in batches:
+                fingerprint.update(batch)
+                counts.update(batch.column("split").to_pylist())
+                yield batch
+
+        with database.session() as session:
+            if not session.relation_exists(DATASETS_SCHEMA, TRAINING_EXAMPLES):
+                raise DatasetError(
+                    f"{DATASETS_SCHEMA}.{TRAINING_EXAMPLES} does not exist; " + BUILD_HINT.format(target=session.dialect)
+                )
+            # Byte order whatever the database's locale: the fingerprint's order.
+            collate = ' collate "C"' if session.dialect == "postgres" else ""
+            query = (
+                f"select {', '.join(EXAMPLE_COLUMNS)} from {DATASETS_SCHEMA}.{TRAINING_EXAMPLES} "
+                f"order by annotation_id{collate}"
+            )
+            with _HashingFile(handle, digest) as sink:
+                for _ in write_parquet(counted(session.stream_arrow(query, EXAMPLE_SCHEMA)), sink):
+                    pass
+    except BaseException:
+        handle.close()
+        spool.unlink(missing_ok=True)
+        raise
+    rows = sum(counts.values()) if split == "all" else counts[split]
+    if fmt == "parquet" and split == "all":
+        chunks = _local_file_chunks(spool)
+        content_sha256 = digest.hexdigest()
+    else:
+        chunks = encode_batches(_parquet_batches(lambda: open(spool, "rb"), split), fmt)
+        content_sha256 = None
+    stream = DatasetStream(fmt, split, rows, fingerprint.hexdigest(), None, content_sha256, chunks)
+    stream._cleanups.append(lambda: spool.unlink(missing_ok=True))
+    return stream
+
+
+def encode_batches(batches: Iterable[pa.RecordBatch], fmt: str) -> Iterator[bytes]:
+    """Examples (EXAMPLE_SCHEMA batches) as chunks of ``fmt``."""
+    if fmt == "parquet":
+        from trainer.snapshots import write_parquet
+
+        sink = _ChunkSink()
+        for _ in write_parquet(batches, sink):
+            if chunk := sink.take():
+                yield chunk
+    elif fmt == "jsonl":
+        for batch in batches:
+            yield "".join(
+                json.dumps(_jsonable(row), ensure_ascii=False, separators=(",", ":")) + "\n"
+                for row in batch.to_pylist()
+            ).encode("utf-8")
+    elif fmt == "csv":
+        buffer = io.StringIO(newline="")
+        writer = csv.writer(buffer)  # RFC 4180: CRLF rows, quotes around fields with , " CR or LF
+        writer.writerow(EXAMPLE_COLUMNS)
+        yield buffer.getvalue().encode("utf-8")
+        for batch in batches:
+            buffer = io.StringIO(newline="")
+            writer = csv.writer(buffer)
+            for row in batch.to_pylist():
+                writer.writerow(["" if row[name] is None else _text(row[name]) for name in EXAMPLE_COLUMNS])
+            yield buffer.getvalue().encode("utf-8")
+    else:
+        raise ConfigurationError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+
+
+def encode_examples(examples: pa.Table, fmt: str) -> Iterator[bytes]:
+    """A table of examples as chunks of ``fmt``."""
+    return encode_batches(examples.to_batches(max_chunksize=BATCH_ROWS), fmt)
 
 
 @dataclass(frozen=True)
@@ -42,68 +221,60 @@ class ExportReport:
     fingerprint: str
 
 
-def load_run_snapshot(settings: Settings, run_id: int) -> tuple[bytes, pa.Table, str]:
-    """The stored snapshot of a run: its raw bytes, its examples and its fingerprint."""
-    from trainer.snapshots import decode_snapshot, read_snapshot_bytes
-
-    store = ResultsStore(Database(settings))
-    run = store.get_run(run_id)
-    if run.snapshot_uri is None:
-        raise DatasetError(f"training run {run_id} recorded no snapshot ({run.status}{': ' + run.error if run.error else ''})")
-    raw = read_snapshot_bytes(ArtifactStore(settings.artifacts_url), run.snapshot_uri, run.snapshot_sha256)
-    return raw, decode_snapshot(raw, run.snapshot_uri, run.dataset_fingerprint), run.dataset_fingerprint
-
-
-def select_split(examples: pa.Table, split: str) -> pa.Table:
-    if split not in SPLITS:
-        raise ConfigurationError(f"split {split!r} is not one of {', '.join(SPLITS)}")
-    if split == "all":
-        return examples
-    return examples.filter(pc.equal(examples.column("split"), split))
-
-
-def encode_examples(examples: pa.Table, fmt: str) -> Iterator[bytes]:
-    """The examples in ``fmt`` as chunks of bytes (streamable)."""
-    if fmt == "parquet":
-        from trainer.snapshots import snapshot_bytes
-
-        yield snapshot_bytes(examples)
-    elif fmt == "jsonl":
-        for batch in examples.to_batches(max_chunksize=4096):
-            yield "".join(
-                json.dumps(_jsonable(row), ensure_ascii=False, separators=(",", ":")) + "\n"
-                for row in batch.to_pylist()
-            ).encode("utf-8")
-    elif fmt == "csv":
-        buffer = io.StringIO(newline="")
-        writer = csv.writer(buffer)  # RFC 4180: CRLF rows, quotes around fields with , " CR or LF
-        writer.writerow(EXAMPLE_COLUMNS)
-        yield buffer.getvalue().encode("utf-8")
-        for batch in examples.to_batches(max_chunksize=4096):
-            buffer = io.StringIO(newline="")
-            writer = csv.writer(buffer)
-            for row in batch.to_pylist():
-                writer.writerow(["" if row[name] is None else _text(row[name]) for name in EXAMPLE_COLUMNS])
-            yield buffer.getvalue().encode("utf-8")
-    else:
-        raise ConfigurationError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
-
-
 def export_run(settings: Settings, run_id: int, fmt: str, output: Path, split: str = "all") -> ExportReport:
     """Write run ``run_id``'s snapshot to ``output`` (atomically: a failure leaves nothing)."""
-    if fmt not in FORMATS:
-        raise ConfigurationError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
-    raw, examples, fingerprint = load_run_snapshot(settings, run_id)
-    selected = select_split(examples, split)
-    chunks = iter([raw]) if fmt == "parquet" and split == "all" else encode_examples(selected, fmt)
     output = Path(output)
-    digest = _write_atomically(output, chunks)
-    return ExportReport(run_id, output, selected.num_rows, digest, fingerprint)
+    if output.is_dir():
+        raise InputFileError(f"{output}: is a directory; give a file name")
+    with open_run_dataset(settings, run_id, fmt, split) as stream:
+        digest = _write_atomically(output, stream.chunks)
+    return ExportReport(run_id, output, stream.rows, digest, stream.fingerprint)
+
+
+def _split_rows(run: TrainingRun, split: str) -> int:
+    if split == "train":
+        return run.train_examples or 0
+    if split == "eval":
+        return run.eval_examples or 0
+    return (run.train_examples or 0) + (run.eval_examples or 0)
+
+
+def _stored_file_chunks(artifacts: ArtifactStore, uri: str, sha256: str) -> Iterator[bytes]:
+    digest = hashlib.sha256()
+    with artifacts.open_read(uri) as handle:
+        while chunk := handle.read(READ_CHUNK):
+            digest.update(chunk)
+            yield chunk
+    if digest.hexdigest() != sha256:
+        # Too late for an error status: the response is cut off instead of completed.
+        raise ArtifactError(f"snapshot {uri} changed while it was being sent")
+
+
+def _local_file_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        while chunk := handle.read(READ_CHUNK):
+            yield chunk
+
+
+def _snapshot_batches(artifacts: ArtifactStore, uri: str, split: str) -> Iterator[pa.RecordBatch]:
+    return _parquet_batches(lambda: artifacts.open_read(uri), split, uri)
+
+
+def _parquet_batches(opener: Callable, split: str, name: str = "dataset") -> Iterator[pa.RecordBatch]:
+    with opener() as handle:
+        try:
+            parquet = pq.ParquetFile(handle)
+        except (pa.ArrowException, OSError) as exc:
+            raise ArtifactError(f"{name} is not a readable Parquet file: {exc}") from exc
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
+            batch = as_example_batch(batch)
+            if split != "all":
+                batch = batch.filter(pc.equal(batch.column("split"), split))
+            if batch.num_rows:
+                yield batch
 
 
 def _write_atomically(output: Path, chunks: Iterator[bytes]) -> str:
-    if output.is_dir():
-        raise InputFileError(f"{output}: is a directory; give a file name")
     temporary = output.with_name(f".{output.name}.partial-{uuid.uuid4().hex}")
     digest = hashlib.sha256()
     try:
@@ -121,6 +292,55 @@ def _write_atomically(output: Path, chunks: Iterator[bytes]) -> str:
         temporary.unlink(missing_ok=True)
         raise
     return digest.hexdigest()
+
+
+class _ChunkSink(io.RawIOBase):
+    """A write-only file that keeps what was written until :meth:`take` hands it on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parts: list[bytes] = []
+        self._position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        self._parts.append(data)
+        self._position += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._position
+
+    def take(self) -> bytes:
+        data, self._parts = b"".join(self._parts), []
+        return data
+
+
+class _HashingFile(io.RawIOBase):
+    """Writes through to a file while hashing what goes in."""
+
+    def __init__(self, handle, digest) -> None:
+        super().__init__()
+        self._handle = handle
+        self._digest = digest
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._digest.update(data)
+        return self._handle.write(data)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._handle.close()
+        super().close()
 
 
 def _text(value) -> str:

@@ -31,7 +31,10 @@ def parse_as_of(value: str) -> datetime:
             f"as-of {value!r} is not an ISO 8601 timestamp (e.g. 2026-11-23 or 2026-11-23T18:00:00Z)"
         ) from None
     if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(timezone.utc).replace(tzinfo=None)
+        try:
+            parsed = parsed.astimezone(timezone.utc).replace(tzinfo=None)
+        except OverflowError:
+            raise ConfigurationError(f"as-of {value!r} lies outside the years 1-9999 in UTC") from None
     return parsed
 
 

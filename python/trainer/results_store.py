@@ -127,7 +127,37 @@ MIGRATIONS: list[tuple[int, str, list[str | dict[str, str]]]] = [
             )""",
         ],
     ),
+    (
+        4,
+        "audit log: who exported or downloaded what, and who queued which run",
+        [
+            "create sequence if not exists training.audit_log_audit_id_seq",
+            # One row per API request that hands out data or starts work, written when
+            # the response ends: complete, cut off by the client, or failed midway.
+            """
+            create table if not exists training.audit_log (
+                audit_id bigint not null default nextval('training.audit_log_audit_id_seq'),
+                occurred_at timestamp not null,
+                finished_at timestamp not null,
+                token_name text not null,
+                method text not null,
+                route text not null,
+                object_id text,
+                details text,
+                status_code integer not null,
+                bytes_sent bigint not null,
+                sha256 text,
+                outcome text not null,
+                error text,
+                constraint audit_log_audit_id_pkey primary key (audit_id),
+                constraint audit_log_outcome_check check (outcome in ('complete', 'disconnected', 'failed')),
+                constraint audit_log_bytes_sent_check check (bytes_sent >= 0)
+            )""",
+            "create index if not exists audit_log_occurred_at_idx on training.audit_log (occurred_at)",
+        ],
+    ),
 ]
+AUDIT_OUTCOMES = ("complete", "disconnected", "failed")
 # An advisory-lock key for schema changes on PostgreSQL (any constant shared by all trainers).
 _MIGRATION_LOCK_KEY = 7_316_250_921
 
@@ -188,6 +218,39 @@ _RUN_COLUMNS = (
     "snapshot_uri, snapshot_sha256, dataset_summary, dataset_as_of"
 )
 _VERSION_COLUMNS = "model_version_id, model_name, version, run_id, artifact_uri, artifact_sha256, created_at"
+_AUDIT_COLUMNS = (
+    "audit_id, occurred_at, finished_at, token_name, method, route, object_id, details, status_code, "
+    "bytes_sent, sha256, outcome, error"
+)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One audited request: who (the token's name, never the token) got what, how much of it."""
+
+    audit_id: int | None
+    occurred_at: datetime
+    finished_at: datetime
+    token_name: str
+    method: str
+    route: str
+    object_id: str | None
+    details: dict[str, Any]
+    status_code: int
+    bytes_sent: int
+    sha256: str | None
+    outcome: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing, newest first, and how many rows match in all."""
+
+    items: list
+    total: int
+    limit: int
+    offset: int
 
 
 def _refuse_newer_schema(applied: set[int]) -> None:
@@ -206,8 +269,22 @@ def _run(row: tuple) -> TrainingRun:
     return TrainingRun(*values)
 
 
+def _audit(row: tuple) -> AuditEntry:
+    values = list(row)
+    values[7] = json.loads(values[7]) if values[7] else {}
+    return AuditEntry(*values)
+
+
+def _filters(**conditions: Any) -> tuple[str, tuple]:
+    """A ``where`` clause (or nothing) for the conditions that are not None."""
+    given = {column: value for column, value in conditions.items() if value is not None}
+    if not given:
+        return "", ()
+    return " where " + " and ".join(f"{column} = ?" for column in given), tuple(given.values())
+
+
 class ResultsStore:
-    """Reads and writes training runs, model versions and metrics."""
+    """Reads and writes training runs, model versions, metrics and the audit log."""
 
     def __init__(self, database: Database):
         self.database = database
@@ -505,6 +582,86 @@ class ResultsStore:
         with self.database.session() as session:
             rows = session.fetchall("select run_id from training.training_runs where status in ('queued', 'running')")
         return {int(row[0]) for row in rows}
+
+    def page_runs(self, limit: int, offset: int = 0, status: str | None = None, model_name: str | None = None) -> Page:
+        """Runs newest first, optionally only those of one status and/or model."""
+        where, params = _filters(status=status, model_name=model_name)
+        with self.database.session() as session:
+            total = int(session.scalar(f"select count(*) from training.training_runs{where}", params))
+            rows = session.fetchall(
+                f"select {_RUN_COLUMNS} from training.training_runs{where} order by run_id desc limit ? offset ?",
+                (*params, limit, offset),
+            )
+        return Page([_run(row) for row in rows], total, limit, offset)
+
+    def page_model_versions(self, limit: int, offset: int = 0, model_name: str | None = None) -> Page:
+        """Model versions newest first, optionally of one model."""
+        where, params = _filters(model_name=model_name)
+        with self.database.session() as session:
+            total = int(session.scalar(f"select count(*) from training.model_versions{where}", params))
+            rows = session.fetchall(
+                f"select {_VERSION_COLUMNS} from training.model_versions{where} "
+                "order by model_version_id desc limit ? offset ?",
+                (*params, limit, offset),
+            )
+        return Page([ModelVersion(*row) for row in rows], total, limit, offset)
+
+    def model_versions_of_runs(self, run_ids: list[int]) -> dict[int, ModelVersion]:
+        if not run_ids:
+            return {}
+        marks = ", ".join("?" for _ in run_ids)
+        with self.database.session() as session:
+            rows = session.fetchall(
+                f"select {_VERSION_COLUMNS} from training.model_versions where run_id in ({marks})", run_ids
+            )
+        return {version.run_id: version for version in (ModelVersion(*row) for row in rows)}
+
+    def get_model_version_by_id(self, model_version_id: int) -> ModelVersion:
+        with self.database.session() as session:
+            row = session.fetchone(
+                f"select {_VERSION_COLUMNS} from training.model_versions where model_version_id = ?",
+                (model_version_id,),
+            )
+        if row is None:
+            raise NotFound(f"model version {model_version_id} does not exist")
+        return ModelVersion(*row)
+
+    # -- audit log ----------------------------------------------------------
+
+    def record_audit(self, entry: AuditEntry) -> int:
+        if entry.outcome not in AUDIT_OUTCOMES:
+            raise ValueError(f"unknown audit outcome {entry.outcome!r}")
+        with self.database.session() as session:
+            return int(
+                session.scalar(
+                    "insert into training.audit_log (occurred_at, finished_at, token_name, method, route, object_id, "
+                    "details, status_code, bytes_sent, sha256, outcome, error) "
+                    "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) returning audit_id",
+                    (
+                        entry.occurred_at,
+                        entry.finished_at,
+                        entry.token_name,
+                        entry.method,
+                        entry.route,
+                        entry.object_id,
+                        json.dumps(entry.details, sort_keys=True),
+                        entry.status_code,
+                        entry.bytes_sent,
+                        entry.sha256,
+                        entry.outcome,
+                        entry.error,
+                    ),
+                )
+            )
+
+    def page_audit_log(self, limit: int, offset: int = 0) -> Page:
+        with self.database.session() as session:
+            total = int(session.scalar("select count(*) from training.audit_log"))
+            rows = session.fetchall(
+                f"select {_AUDIT_COLUMNS} from training.audit_log order by audit_id desc limit ? offset ?",
+                (limit, offset),
+            )
+        return Page([_audit(row) for row in rows], total, limit, offset)
 
     def get_model_version_by_run(self, run_id: int) -> ModelVersion | None:
         with self.database.session() as session:

@@ -11,18 +11,20 @@ rows, because the rows are put into one schema and one order first.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trainer.artifacts import ArtifactStore, sha256_hex
-from trainer.dataset import as_examples, dataset_fingerprint
+from trainer.dataset import EXAMPLE_SCHEMA, as_examples, dataset_fingerprint
 from trainer.errors import ArtifactError
 
 SNAPSHOTS_PREFIX = "snapshots"
 # Fixed writer options: the same rows must always give the same bytes.
-_PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "row_group_size": 64 * 1024, "version": "2.6"}
+_PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "version": "2.6"}
+ROW_GROUP_ROWS = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,36 @@ class Snapshot:
 
 def snapshot_bytes(examples: pa.Table) -> bytes:
     buffer = io.BytesIO()
-    pq.write_table(as_examples(examples), buffer, **_PARQUET_OPTIONS)
+    for _ in write_parquet(as_examples(examples).to_batches(), buffer):
+        pass
     return buffer.getvalue()
+
+
+def write_parquet(batches: Iterable[pa.RecordBatch], sink) -> Iterator[None]:
+    """Write examples (already in EXAMPLE_SCHEMA and in order) as a snapshot file to
+    ``sink``, one row group of ROW_GROUP_ROWS at a time, pausing after each so a
+    caller can pass the bytes on. The bytes depend only on the rows, never on how
+    they were batched: whole tables and streams of any batch size give the same file."""
+    with pq.ParquetWriter(sink, EXAMPLE_SCHEMA, **_PARQUET_OPTIONS) as writer:
+        for group in _row_groups(batches):
+            writer.write_table(group, row_group_size=ROW_GROUP_ROWS)
+            yield
+    yield
+
+
+def _row_groups(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in batches:
+        pending.append(batch)
+        rows += batch.num_rows
+        while rows >= ROW_GROUP_ROWS:
+            table = pa.Table.from_batches(pending, schema=EXAMPLE_SCHEMA)
+            yield table.slice(0, ROW_GROUP_ROWS)
+            rest = table.slice(ROW_GROUP_ROWS)
+            pending, rows = rest.to_batches(), rest.num_rows
+    if rows:
+        yield pa.Table.from_batches(pending, schema=EXAMPLE_SCHEMA)
 
 
 def write_snapshot(store: ArtifactStore, examples: pa.Table, fingerprint: str) -> Snapshot:

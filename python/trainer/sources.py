@@ -15,6 +15,7 @@ so a queued run can be rebuilt from its params and an auditor can see the origin
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -109,20 +110,28 @@ class CsvSource:
     """The legacy CSV export (one row per annotation), behind ``--from-csv``."""
 
     path: Path
+    # The file's sha256 when the run was recorded (a queued run's params); by
+    # default, the file's sha256 now, hashed once.
+    recorded_sha256: str | None = None
+
+    @functools.cached_property
+    def _sha256(self) -> str | None:
+        if self.recorded_sha256 is not None:
+            return self.recorded_sha256
+        try:
+            return hashlib.sha256(Path(self.path).expanduser().resolve().read_bytes()).hexdigest()
+        except OSError:
+            return None  # the run then fails with the reason, when it loads
 
     def params(self) -> dict[str, Any]:
-        path = Path(self.path).expanduser().resolve()
-        try:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        except OSError:
-            digest = None  # the run then fails with the reason, when it loads
-        return {"source": "csv", "csv_path": str(path), "csv_sha256": digest}
+        return {"source": "csv", "csv_path": str(Path(self.path).expanduser().resolve()), "csv_sha256": self._sha256}
 
     def load(self, database: Database, store: ResultsStore, artifacts: ArtifactStore) -> LoadedExamples:
         from trainer.legacy_csv import read_legacy_csv
         from trainer.split_rule import SplitRule
 
-        expected = self.params()["csv_sha256"]
+        # read_legacy_csv hashes the bytes it parses: they must be the ones recorded.
+        expected = self._sha256
         rule = SplitRule.from_project(overrides=read_split_overrides(database))
         legacy = read_legacy_csv(Path(self.path), rule)
         if expected is not None and legacy.sha256 != expected:
@@ -158,5 +167,5 @@ def source_from_params(params: dict[str, Any]) -> ExampleSource:
     if kind == "snapshot":
         return SnapshotSource(str(params.get("snapshot_of", "")))
     if kind == "csv":
-        return CsvSource(Path(params["csv_path"]))
+        return CsvSource(Path(params["csv_path"]), params.get("csv_sha256"))
     raise ConfigurationError(f"unknown example source {kind!r} in the run's params")

@@ -17,13 +17,19 @@ from trainer.sources import ExampleSource
 from trainer.training import TrainingResult, _Context, ensure_results_tables, execute_claimed, run_params
 
 
-def request_run(args: TrainingArguments, settings: Settings, source: ExampleSource | None = None) -> int:
+def request_run(
+    args: TrainingArguments, settings: Settings, source: ExampleSource | None = None, requested_by: str | None = None
+) -> int:
     """Queue a training run with these arguments (and examples from ``source``,
-    by default the live views); return its id. A worker runs it."""
+    by default the live views); return its id. A worker runs it. ``requested_by``
+    (an API token's name) is kept in the run's params."""
     database = Database(settings)
     store = ResultsStore(database)
     ensure_results_tables(database, store)
-    return store.queue_run(args.model_name, run_params(args, settings, source))
+    params = run_params(args, settings, source)
+    if requested_by is not None:
+        params["requested_by"] = requested_by
+    return store.queue_run(args.model_name, params)
 
 
 def reap(settings: Settings, timeout: float | None = None) -> list[int]:

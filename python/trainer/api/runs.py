@@ -1,0 +1,139 @@
+"""Training runs: list, inspect, queue, and their metrics."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from trainer.api.audit import Audit
+from trainer.api.context import context_of, reader, results, trainer
+from trainer.api.schemas import MAX_ID, Lineage, MetricOut, QueuedRun, RunMetrics, RunOut, RunPage, TrainingRequest
+from trainer.api.tokens import ApiToken
+from trainer.arguments import MODEL_NAME_PATTERN
+from trainer.errors import NotFound
+from trainer.results_store import ResultsStore
+
+router = APIRouter(tags=["training runs"])
+
+RunId = Path(ge=1, le=MAX_ID, description="A training run's id.")
+Limit = Query(50, ge=1, le=500, description="Rows per page.")
+Offset = Query(0, ge=0, le=10**9, description="Rows to skip (newest first).")
+ModelFilter = Query(None, pattern=MODEL_NAME_PATTERN.pattern, max_length=100, description="Only this model's.")
+
+
+def run_url(run_id: int) -> str:
+    return f"/training-runs/{run_id}"
+
+
+def next_offset(page) -> int | None:
+    following = page.offset + len(page.items)
+    return following if following < page.total and page.items else None
+
+
+@router.get("/training-runs", response_model=RunPage, summary="List training runs, newest first")
+def list_runs(
+    status: Literal["queued", "running", "succeeded", "failed"] | None = Query(None, description="Only runs in this state."),
+    model: str | None = ModelFilter,
+    limit: int = Limit,
+    offset: int = Offset,
+    store: ResultsStore = Depends(results),
+    _: ApiToken = Depends(reader),
+):
+    page = store.page_runs(limit, offset, status=status, model_name=model)
+    versions = store.model_versions_of_runs([run.run_id for run in page.items])
+    items = [
+        RunOut(
+            run_id=run.run_id,
+            model_name=run.model_name,
+            status=run.status,
+            created_at=run.created_at,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+            error=run.error,
+            dataset_fingerprint=run.dataset_fingerprint,
+            train_examples=run.train_examples,
+            eval_examples=run.eval_examples,
+            model_version_id=versions[run.run_id].model_version_id if run.run_id in versions else None,
+            url=run_url(run.run_id),
+        )
+        for run in page.items
+    ]
+    return RunPage(items=items, total=page.total, limit=limit, offset=offset, next_offset=next_offset(page))
+
+
+@router.get(
+    "/training-runs/{run_id}",
+    response_model=Lineage,
+    summary="One run: status, params, library versions, dataset, snapshot, artifact, error",
+)
+def get_run(run_id: int = RunId, store: ResultsStore = Depends(results), _: ApiToken = Depends(reader)):
+    from trainer.lineage import run_lineage
+
+    return with_links(run_lineage(store, run_id))
+
+
+def with_links(lineage: dict) -> dict:
+    run_id = lineage["run"]["run_id"]
+    links = {"self": run_url(run_id), "metrics": f"{run_url(run_id)}/metrics"}
+    if lineage["dataset"]["snapshot"] is not None:
+        links["dataset"] = f"{run_url(run_id)}/dataset"
+    if lineage["model_version"] is not None:
+        version_id = lineage["model_version"]["model_version_id"]
+        links["model_version"] = f"/model-versions/{version_id}"
+        links["download"] = f"/model-versions/{version_id}/download"
+    return {**lineage, "links": links}
+
+
+@router.get("/training-runs/{run_id}/metrics", response_model=RunMetrics, summary="The metric rows a run wrote")
+def get_metrics(run_id: int = RunId, store: ResultsStore = Depends(results), _: ApiToken = Depends(reader)):
+    run = store.get_run(run_id)
+    items = [MetricOut(split=m.split, name=m.name, label=m.label, value=m.value) for m in store.run_metrics(run_id)]
+    return RunMetrics(run_id=run.run_id, status=run.status, items=items)
+
+
+@router.post(
+    "/training-runs",
+    status_code=202,
+    response_model=QueuedRun,
+    summary="Queue a training run (a worker trains it)",
+    responses={
+        400: {"description": "The body is not JSON."},
+        403: {"description": "The token's role is not `trainer`."},
+        404: {"description": "`source.reference` names no stored snapshot."},
+    },
+)
+async def queue_run(body: TrainingRequest, request: Request, response: Response, token: ApiToken = Depends(trainer)):
+    run_id = await run_in_threadpool(_queue, request, body, token)
+    response.headers["Location"] = run_url(run_id)
+    return QueuedRun(run_id=run_id, status="queued", url=run_url(run_id))
+
+
+def _queue(request: Request, body: TrainingRequest, token: ApiToken) -> int:
+    from trainer.arguments import TrainingArguments
+    from trainer.sources import DatabaseSource, SnapshotSource
+    from trainer.work_queue import request_run
+
+    context = context_of(request)
+    store = context.ready_store()
+    values = body.model_dump(exclude={"source"})
+    if body.source.kind == "snapshot":
+        source = SnapshotSource(body.source.reference)
+        _check_snapshot_exists(store, source.reference.strip().lower())
+    else:
+        source = DatabaseSource(body.source.moment())
+    run_id = request_run(TrainingArguments(**values), context.settings, source, requested_by=token.name)
+    Audit(store, token, "POST", "/training-runs", run_id, {"model_name": body.model_name, **source.params()}).record(
+        202, "complete"
+    )
+    return run_id
+
+
+def _check_snapshot_exists(store: ResultsStore, reference: str) -> None:
+    """Refuse now what the worker would fail on later."""
+    if reference.isdigit():
+        if store.get_run(int(reference)).snapshot_uri is None:
+            raise NotFound(f"training run {reference} recorded no snapshot to train on")
+    else:
+        store.find_snapshot(reference)

@@ -1,0 +1,275 @@
+"""The API's request and response bodies (and so its OpenAPI schema)."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from trainer.arguments import MODEL_NAME_PATTERN
+
+MAX_ID = 2**63 - 1  # bigint
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+# The results tables hold UTC without a zone; the API says so ("…Z").
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON has no NaN: an undefined figure (e.g. precision of a label never predicted) is null."""
+    return None if value is None or not math.isfinite(value) else value
+
+
+FiniteOrNull = Annotated[float | None, AfterValidator(_finite)]
+
+
+class Problem(BaseModel):
+    """An error: what went wrong, in one line."""
+
+    detail: str | list[Any]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    database: Literal["ok", "unavailable"]
+    version: str
+
+
+class ModelVersionOut(BaseModel):
+    model_version_id: int
+    model_name: str
+    version: int
+    run_id: int
+    artifact_uri: str
+    artifact_sha256: str
+    created_at: UtcDatetime
+    download_url: str
+
+
+class RunOut(BaseModel):
+    run_id: int
+    model_name: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+    error: str | None
+    dataset_fingerprint: str | None
+    train_examples: int | None
+    eval_examples: int | None
+    model_version_id: int | None
+    url: str
+
+
+class Page(BaseModel):
+    total: int = Field(description="Rows matching the filters, on all pages.")
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="The offset of the next page, or null on the last.")
+
+
+class RunPage(Page):
+    items: list[RunOut]
+
+
+class ModelVersionPage(Page):
+    items: list[ModelVersionOut]
+
+
+class SnapshotRef(BaseModel):
+    uri: str
+    sha256: str
+
+
+class SummaryRow(BaseModel):
+    split: str
+    label: str
+    examples: int
+    documents: int
+
+
+class DatasetInfo(BaseModel):
+    fingerprint: str | None
+    as_of: UtcDatetime | None
+    train_examples: int | None
+    eval_examples: int | None
+    snapshot: SnapshotRef | None
+    summary: list[SummaryRow] | None
+
+
+class RunInfo(BaseModel):
+    run_id: int
+    model_name: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+    worker: str | None
+    error: str | None
+    artifact_uri: str | None
+
+
+class VersionInfo(BaseModel):
+    model_version_id: int
+    model_name: str
+    version: int
+    artifact_uri: str
+    artifact_sha256: str
+    created_at: UtcDatetime
+
+
+class Lineage(BaseModel):
+    """From the model version back to the exact examples (as `python -m trainer show`)."""
+
+    model_version: VersionInfo | None
+    run: RunInfo
+    params: dict[str, Any]
+    library_versions: dict[str, str] | None
+    dataset: DatasetInfo
+    metrics: dict[str, FiniteOrNull] = Field(description="Overall figures, keyed `split.name`.")
+    links: dict[str, str]
+
+
+class MetricOut(BaseModel):
+    split: str
+    name: str
+    label: str | None
+    value: FiniteOrNull
+
+
+class RunMetrics(BaseModel):
+    run_id: int
+    status: str
+    items: list[MetricOut]
+
+
+class AuditEntryOut(BaseModel):
+    audit_id: int
+    occurred_at: UtcDatetime
+    finished_at: UtcDatetime
+    token_name: str
+    method: str
+    route: str
+    object_id: str | None
+    details: dict[str, Any]
+    status_code: int
+    bytes_sent: int
+    sha256: str | None = Field(description="sha256 of the bytes sent.")
+    outcome: Literal["complete", "disconnected", "failed"]
+    error: str | None
+
+
+class AuditPage(Page):
+    items: list[AuditEntryOut]
+
+
+def _moment(text: str | None) -> datetime | None:
+    """An RFC 3339 / ISO 8601 moment as the results tables spell it: naive UTC.
+    A moment that leaves the years 1-9999 when moved to UTC is the edge of time it passed."""
+    if text is None:
+        return None
+    cleaned = text.strip().upper().replace("Z", "+00:00")
+    try:
+        moment = datetime.fromisoformat(cleaned)
+    except ValueError:
+        # RFC 3339 allows a leap second, which Python's datetime cannot hold.
+        try:
+            moment = datetime.fromisoformat(re.sub(r"(T\d\d:\d\d):60", r"\1:59", cleaned))
+        except ValueError:
+            raise ValueError(f"{text!r} is not an ISO 8601 moment (e.g. 2026-11-23T18:00:00Z)") from None
+    if moment.tzinfo is None:
+        return moment
+    try:
+        return moment.astimezone(timezone.utc).replace(tzinfo=None)
+    except OverflowError:
+        return datetime.min if moment.year == 1 else datetime.max
+
+
+class LiveSource(BaseModel):
+    """The examples `datasets.training_examples` holds when the worker starts the run,
+    or as they were at `as_of`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["database"]
+    as_of: str | None = Field(
+        None,
+        max_length=64,
+        json_schema_extra={"format": "date-time"},
+        description="Build the examples as they were at this moment (UTC unless an offset is given).",
+        examples=["2026-11-23T18:00:00Z"],
+    )
+
+    @field_validator("as_of")
+    @classmethod
+    def _check_as_of(cls, value: str | None) -> str | None:
+        _moment(value)
+        return value
+
+    def moment(self) -> datetime | None:
+        return _moment(self.as_of)
+
+
+class SnapshotSourceIn(BaseModel):
+    """The snapshot an earlier run stored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["snapshot"]
+    reference: str = Field(
+        pattern=r"^([0-9]{1,18}|[0-9a-fA-F]{8,64})$",
+        description="A run id, or 8 to 64 hex digits of a dataset fingerprint.",
+        examples=["1", "c1e9951dbb51"],
+    )
+
+
+def _json_number(value: Any) -> Any:
+    """Numbers as JSON has them: no booleans, no numeric strings (pydantic would coerce both)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+def _json_integer(value: Any) -> Any:
+    """An integer as JSON Schema has it: 3 and 3.0, but not 3.5, true or "3"."""
+    _json_number(value)
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError("must be a whole number")
+    return int(value)
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+JsonFloat = Annotated[float, BeforeValidator(_json_number)]
+
+
+class TrainingRequest(BaseModel):
+    """A run to queue: its TrainingArguments and where its examples come from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str = Field("segment-labeler", pattern=MODEL_NAME_PATTERN.pattern, max_length=100)
+    confidence_threshold: JsonFloat = Field(0.5, ge=0.0, le=1.0, allow_inf_nan=False)
+    seed: JsonInt = Field(42, ge=0, le=2**32 - 1)
+    embedding_batch_size: JsonInt = Field(64, ge=1, le=4096)
+    regularization: JsonFloat = Field(4.0, gt=0.0, le=1e6, allow_inf_nan=False)
+    class_weight: Literal["none", "balanced"] = "none"
+    max_iter: JsonInt = Field(2000, ge=1, le=100_000)
+    source: Annotated[LiveSource | SnapshotSourceIn, Field(discriminator="kind")] = Field(
+        default_factory=lambda: LiveSource(kind="database"),
+        description="Default: the live datasets when the run starts.",
+    )
+
+
+class QueuedRun(BaseModel):
+    run_id: int
+    status: Literal["queued"]
+    url: str
