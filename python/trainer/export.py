@@ -263,7 +263,9 @@ def _snapshot_batches(artifacts: ArtifactStore, uri: str, split: str) -> Iterato
 def _parquet_batches(opener: Callable, split: str, name: str = "dataset") -> Iterator[pa.RecordBatch]:
     with opener() as handle:
         try:
-            parquet = pq.ParquetFile(handle)
+            # pre_buffer (pyarrow's default) keeps every block read ahead until the file
+            # closes: memory would grow with the snapshot (apache/arrow#39808).
+            parquet = pq.ParquetFile(handle, pre_buffer=False)
         except (pa.ArrowException, OSError) as exc:
             raise ArtifactError(f"{name} is not a readable Parquet file: {exc}") from exc
         for batch in parquet.iter_batches(batch_size=BATCH_ROWS):

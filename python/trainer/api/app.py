@@ -183,8 +183,6 @@ def _allowed_methods(app: FastAPI, path: str) -> list[str]:
         pattern = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$"
         if re.match(pattern, path):
             methods |= {method.upper() for method in operations}
-    if "GET" in methods:
-        methods.add("HEAD")
     return sorted(methods)
 
 
