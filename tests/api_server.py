@@ -79,7 +79,7 @@ def running_api(env: dict[str, str], tokens: dict[str, tuple[str, str]]) -> Iter
             process.wait()
 
 
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1):
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.25):
     """Poll until ``predicate()`` returns something truthy; return it (or fail)."""
     deadline = time.monotonic() + timeout
     while True:

@@ -31,6 +31,9 @@ class TrainingArguments:
             ``"balanced"`` weighs labels inversely to their frequency, which
             raises recall on rare labels (headers) at some cost in accuracy.
         max_iter: Iteration cap of the head's solver.
+        embedding_cache: Reuse the vectors earlier runs computed for the same
+            texts with the same encoder (kept in the blob store under
+            ``embeddings/``), and embed only the texts never seen before.
     """
 
     model_name: str = DEFAULT_MODEL_NAME
@@ -40,6 +43,7 @@ class TrainingArguments:
     regularization: float = 4.0
     class_weight: str = "none"
     max_iter: int = 2000
+    embedding_cache: bool = True
 
     def __post_init__(self) -> None:
         if not MODEL_NAME_PATTERN.match(self.model_name or ""):
@@ -57,6 +61,8 @@ class TrainingArguments:
             raise ConfigurationError(f"class weight {self.class_weight!r} is not 'balanced' or 'none'")
         if self.max_iter < 1:
             raise ConfigurationError("max_iter must be at least 1")
+        if not isinstance(self.embedding_cache, bool):
+            raise ConfigurationError("embedding_cache must be true or false")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

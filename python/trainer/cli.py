@@ -170,11 +170,18 @@ def load_demo_command(target, app_schema):
         click.echo(f"  {settings.app_schema}.{table}: {report.inserted[table]} inserted ({total} in the demo)")
 
 
-TRAINING_OPTIONS = ("model_name", "confidence_threshold", "seed", "batch_size")
+TRAINING_OPTIONS = ("model_name", "confidence_threshold", "seed", "batch_size", "embedding_cache")
 
 
 def training_options(command):
     """The options that become a run's TrainingArguments (train and request)."""
+    command = click.option(
+        "--embedding-cache/--no-embedding-cache",
+        default=True,
+        show_default=True,
+        help="Reuse vectors earlier runs computed for the same texts (blob store, embeddings/); "
+        "embed only new texts.",
+    )(command)
     command = click.option(
         "--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Texts per encoder batch."
     )(command)
@@ -191,7 +198,7 @@ def training_options(command):
     return model_name_option(command)
 
 
-def _training_arguments(model_name, confidence_threshold, seed, batch_size):
+def _training_arguments(model_name, confidence_threshold, seed, batch_size, embedding_cache):
     from trainer.arguments import TrainingArguments
 
     return TrainingArguments(
@@ -199,6 +206,7 @@ def _training_arguments(model_name, confidence_threshold, seed, batch_size):
         confidence_threshold=confidence_threshold,
         seed=seed,
         embedding_batch_size=batch_size,
+        embedding_cache=embedding_cache,
     )
 
 
@@ -258,7 +266,18 @@ def _example_source(as_of, from_snapshot, from_csv):
 @click.pass_context
 @user_errors
 def train(
-    ctx, target, model_name, confidence_threshold, seed, batch_size, as_of, from_snapshot, from_csv, training_run, quiet
+    ctx,
+    target,
+    model_name,
+    confidence_threshold,
+    seed,
+    batch_size,
+    embedding_cache,
+    as_of,
+    from_snapshot,
+    from_csv,
+    training_run,
+    quiet,
 ):
     """Train a model and record the run, its snapshot, metrics and model version.
 
@@ -297,7 +316,7 @@ def train(
                 )
             result = run_queued(training_run, settings, progress=_progress(quiet))
         else:
-            args = _training_arguments(model_name, confidence_threshold, seed, batch_size)
+            args = _training_arguments(model_name, confidence_threshold, seed, batch_size, embedding_cache)
             source = _example_source(as_of, from_snapshot, from_csv)
             result = train_model(args, settings, progress=_progress(quiet), source=source)
     version = result.model_version
@@ -317,7 +336,9 @@ def train(
 @training_options
 @source_options
 @user_errors
-def request(target, model_name, confidence_threshold, seed, batch_size, as_of, from_snapshot, from_csv):
+def request(
+    target, model_name, confidence_threshold, seed, batch_size, embedding_cache, as_of, from_snapshot, from_csv
+):
     """Queue a training run and print its id; a worker runs it.
 
     The run is recorded as `queued` with its params (including where its
@@ -326,7 +347,7 @@ def request(target, model_name, confidence_threshold, seed, batch_size, as_of, f
     """
     from trainer.work_queue import request_run
 
-    args = _training_arguments(model_name, confidence_threshold, seed, batch_size)
+    args = _training_arguments(model_name, confidence_threshold, seed, batch_size, embedding_cache)
     source = _example_source(as_of, from_snapshot, from_csv)
     click.echo(request_run(args, Settings.from_env(target=target), source))
 

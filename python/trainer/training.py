@@ -19,6 +19,7 @@ from trainer.artifacts import ArtifactStore
 from trainer.classifier import SegmentClassifier
 from trainer.dataset import check_trainable, dataset_fingerprint, summarize
 from trainer.db import Database
+from trainer.embedding_cache import EmbeddingCache, embed_with_cache
 from trainer.embeddings import embed_texts, embedding_model_id
 from trainer.errors import DatasetError, TrainerError, TrainingFailed
 from trainer.evaluation import evaluate
@@ -155,7 +156,12 @@ def _train_run(
     texts = examples.column("text").to_pylist()
     labels = examples.column("label").to_pylist()
     is_train = np.asarray(examples.column("split").to_pylist()) == "train"
-    embeddings = embed_texts(texts, batch_size=args.embedding_batch_size, progress=progress)
+    cache = EmbeddingCache(context.artifacts, embedding_model_id()) if args.embedding_cache else None
+    embedded = embed_with_cache(
+        texts, cache, lambda distinct: embed_texts(distinct, batch_size=args.embedding_batch_size, progress=progress)
+    )
+    store.add_params(run_id, {"embedding_cache": {"hits": embedded.hits, "embedded": embedded.embedded}})
+    embeddings = embedded.vectors
 
     head = _fit_head(embeddings[is_train], [label for label, keep in zip(labels, is_train) if keep], args)
     classifier = SegmentClassifier(

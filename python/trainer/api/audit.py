@@ -116,7 +116,10 @@ class AuditedStreamingResponse(StreamingResponse):
 
     def _finish(self, state: dict, error: BaseException | None) -> None:
         self.on_close()
-        if state["complete"]:
+        # With a Content-Length the client has everything once that many bytes went
+        # out, and may hang up before the server's closing (empty) message.
+        length = self.headers.get("content-length")
+        if state["complete"] or (length is not None and self.audit.bytes_sent == int(length)):
             self.audit.record(200, "complete")
         elif state["disconnected"] or error is None or isinstance(error, (OSError, anyio.get_cancelled_exc_class())):
             self.audit.record(200, "disconnected")

@@ -1,0 +1,130 @@
+"""The embedding cache: a real encoder, a real blob store, real training runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import prepared_workspace
+from trainer.artifacts import ArtifactStore
+from trainer.embedding_cache import EmbeddingCache, embed_with_cache, text_digests
+from trainer.embeddings import EmbeddingModelId, embed_texts, embedding_model_id
+
+TEXTS = ["Date:", "TO: R. J. Reynolds", "Date:", "Total amount", "«Größe» 👩‍🔬", "line\nbreak", "TO: R. J. Reynolds"]
+
+
+class RecordingEncoder:
+    """The real encoder, remembering which texts it was asked to embed."""
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        return embed_texts(texts, progress=False)
+
+
+def test_a_second_pass_embeds_nothing_and_returns_the_same_vectors(tmp_path):
+    cache = EmbeddingCache(ArtifactStore(str(tmp_path)), embedding_model_id())
+    encoder = RecordingEncoder()
+    cold = embed_with_cache(TEXTS, cache, encoder)
+    assert encoder.calls == [list(dict.fromkeys(TEXTS))]  # each distinct text once
+    assert (cold.hits, cold.embedded) == (0, 5)
+    np.testing.assert_allclose(cold.vectors, embed_texts(TEXTS, progress=False), atol=1e-5)
+    assert np.array_equal(cold.vectors[0], cold.vectors[2])
+
+    warm = embed_with_cache(TEXTS, cache, encoder)
+    assert len(encoder.calls) == 1 and (warm.hits, warm.embedded) == (5, 0)
+    assert np.array_equal(warm.vectors, cold.vectors)
+
+    more = embed_with_cache(TEXTS + ["a text never seen"], cache, encoder)
+    assert encoder.calls[-1] == ["a text never seen"] and (more.hits, more.embedded) == (5, 1)
+    assert np.array_equal(more.vectors[:-1], cold.vectors)
+
+
+def test_another_encoder_never_gets_these_vectors(tmp_path):
+    store = ArtifactStore(str(tmp_path))
+    real = embedding_model_id()
+    embed_with_cache(TEXTS, EmbeddingCache(store, real), RecordingEncoder())
+    retrained = EmbeddingModelId(real.name, "0" * 64, real.dimension)  # same name, other weights
+    assert EmbeddingCache(store, retrained).lookup(text_digests(TEXTS)) == {}
+    assert EmbeddingCache(store, real, backend="onnx").lookup(text_digests(TEXTS)) == {}
+    assert len(EmbeddingCache(store, real).lookup(text_digests(TEXTS))) == 5
+
+
+def test_unreadable_and_partial_shards_are_skipped(tmp_path):
+    store = ArtifactStore(str(tmp_path))
+    cache = EmbeddingCache(store, embedding_model_id())
+    embed_with_cache(TEXTS[:2], cache, RecordingEncoder())
+    store.write_bytes(f"{cache.prefix}/{'f' * 64}.parquet", b"PAR1 not really")
+    store.write_bytes(f"{cache.prefix}/.{'e' * 64}.parquet.partial-123", b"half")
+    found = cache.lookup(text_digests(TEXTS))
+    assert set(found) == set(text_digests(TEXTS[:2]))
+
+
+def test_two_processes_filling_the_cache_at_once_agree(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from trainer.artifacts import ArtifactStore
+        from trainer.embedding_cache import EmbeddingCache, embed_with_cache
+        from trainer.embeddings import embed_texts, embedding_model_id
+        texts = json.loads(sys.argv[1])
+        cache = EmbeddingCache(ArtifactStore({str(tmp_path)!r}), embedding_model_id())
+        result = embed_with_cache(texts, cache, lambda t: embed_texts(t, progress=False))
+        print(json.dumps(result.vectors.round(6).tolist()))
+        """
+    )
+    first = TEXTS + [f"only in the first {i}" for i in range(40)]
+    second = TEXTS + [f"only in the second {i}" for i in range(40)]
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script, json.dumps(texts)], stdout=subprocess.PIPE, text=True)
+        for texts in (first, second)
+    ]
+    outputs = [np.array(json.loads(process.communicate(timeout=300)[0])) for process in processes]
+    assert all(process.returncode == 0 for process in processes)
+    np.testing.assert_allclose(outputs[0][: len(TEXTS)], outputs[1][: len(TEXTS)], atol=1e-5)
+    cache = EmbeddingCache(ArtifactStore(str(tmp_path)), embedding_model_id())
+    found = cache.lookup(text_digests(first + second))
+    assert len(found) == len(set(first + second))
+    again = embed_with_cache(first + second, cache, RecordingEncoder())
+    assert again.embedded == 0
+    np.testing.assert_allclose(again.vectors[: len(first)], outputs[0], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_retrain_embeds_only_the_new_texts(duckdb_workspace):
+    from trainer.arguments import TrainingArguments
+    from trainer.results_store import ResultsStore
+    from trainer.training import train
+
+    space = prepared_workspace(duckdb_workspace, 10)
+    settings = space.settings()
+    first = train(TrainingArguments(model_name="cached", seed=1), settings, progress=False)
+    second = train(TrainingArguments(model_name="cached", seed=1), settings, progress=False)
+    uncached = train(TrainingArguments(model_name="cached", seed=1, embedding_cache=False), settings, progress=False)
+    store = ResultsStore(space.database())
+    distinct = len(set(space.query("select text from datasets.training_examples")))
+    stats = [store.get_run(result.run_id).params["embedding_cache"] for result in (first, second, uncached)]
+    assert stats[0] == {"hits": 0, "embedded": distinct}
+    assert stats[1] == {"hits": distinct, "embedded": 0}
+    assert stats[2] == {"hits": 0, "embedded": distinct}
+    metrics = [{(m.split, m.name, m.label): m.value for m in store.run_metrics(r.run_id)} for r in (first, second)]
+    assert metrics[0] == metrics[1]  # the very same vectors
+    assert len(list((space.artifacts / "embeddings").rglob("*.parquet"))) == 1
+
+    # One new accepted annotation with a text no run has seen.
+    space.execute_script(
+        "insert into app.annotations select 'new-segment', document_id, page, x0, y0, x1, y1, "
+        "'A text no run has embedded', label, status, created_at, updated_at from app.annotations limit 1; "
+        "insert into app.annotation_events select 999999, 'new-segment', 'accepted', label, 'reviewer', "
+        "occurred_at, null from app.annotation_events where event_type = 'accepted' limit 1"
+    )
+    space.dbt("run")
+    third = train(TrainingArguments(model_name="cached", seed=1), settings, progress=False)
+    assert store.get_run(third.run_id).params["embedding_cache"] == {"hits": distinct, "embedded": 1}
