@@ -110,10 +110,9 @@ def test_a_retrain_embeds_only_the_new_texts(duckdb_workspace):
     uncached = train(TrainingArguments(model_name="cached", seed=1, embedding_cache=False), settings, progress=False)
     store = ResultsStore(space.database())
     distinct = len(set(space.query("select text from datasets.training_examples")))
-    stats = [store.get_run(result.run_id).params["embedding_cache"] for result in (first, second, uncached)]
-    assert stats[0] == {"hits": 0, "embedded": distinct}
-    assert stats[1] == {"hits": distinct, "embedded": 0}
-    assert stats[2] == {"hits": 0, "embedded": distinct}
+    params = [store.get_run(result.run_id).params for result in (first, second, uncached)]
+    stats = [(p["embedding_cache_hits"], p["embedded_texts"], p["embedding_cache"]) for p in params]
+    assert stats == [(0, distinct, True), (distinct, 0, True), (0, distinct, False)]
     metrics = [{(m.split, m.name, m.label): m.value for m in store.run_metrics(r.run_id)} for r in (first, second)]
     assert metrics[0] == metrics[1]  # the very same vectors
     assert len(list((space.artifacts / "embeddings").rglob("*.parquet"))) == 1
@@ -127,4 +126,9 @@ def test_a_retrain_embeds_only_the_new_texts(duckdb_workspace):
     )
     space.dbt("run")
     third = train(TrainingArguments(model_name="cached", seed=1), settings, progress=False)
-    assert store.get_run(third.run_id).params["embedding_cache"] == {"hits": distinct, "embedded": 1}
+    third_params = store.get_run(third.run_id).params
+    assert (third_params["embedding_cache_hits"], third_params["embedded_texts"]) == (distinct, 1)
+    # A queued run rebuilds its arguments from these params.
+    from trainer.arguments import TrainingArguments as Arguments
+
+    assert Arguments.from_dict(third_params) == TrainingArguments(model_name="cached", seed=1)

@@ -5,7 +5,6 @@ while it writes its artifact, and garbage collection."""
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import signal

@@ -15,7 +15,6 @@ from trainer.artifacts import ArtifactStore, sha256_hex
 from trainer.classifier import SegmentClassifier
 from trainer.dataset import dataset_fingerprint, read_training_examples
 from trainer.errors import TrainingFailed
-from trainer.results_store import ResultsStore
 from trainer.training import train
 
 pytestmark = pytest.mark.slow

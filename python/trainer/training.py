@@ -160,7 +160,8 @@ def _train_run(
     embedded = embed_with_cache(
         texts, cache, lambda distinct: embed_texts(distinct, batch_size=args.embedding_batch_size, progress=progress)
     )
-    store.add_params(run_id, {"embedding_cache": {"hits": embedded.hits, "embedded": embedded.embedded}})
+    # Not under "embedding_cache": that key is the TrainingArguments switch.
+    store.add_params(run_id, {"embedding_cache_hits": embedded.hits, "embedded_texts": embedded.embedded})
     embeddings = embedded.vectors
 
     head = _fit_head(embeddings[is_train], [label for label, keep in zip(labels, is_train) if keep], args)
