@@ -74,3 +74,24 @@ def test_the_demo_data_agrees(tmp_path_factory, request):
         rows, fingerprints[engine] = examples_and_fingerprint(space)
         assert len(rows) == 6223
     assert fingerprints["duckdb"] == fingerprints["postgres"]
+
+
+def test_synthetic_app_data_follows_the_contract_on_both_engines(both_engines):
+    """The benchmarks' generated event logs (late events, ties, edits after acceptance,
+    blank labels and texts, unknown types, orphans, deleted documents) give exactly
+    the reference's examples, on both engines."""
+    from trainer.synthetic import synthetic_app_data
+
+    data = synthetic_app_data(3_000, seed=5)
+    documents = [Document(**row) for row in data.documents.to_pylist()]
+    annotations = [Annotation(**row) for row in data.annotations.to_pylist()]
+    events = [Event(**row) for row in data.annotation_events.to_pylist()]
+    expected = training_examples(documents, annotations, events)
+    assert 1_000 < len(expected) < 3_000  # the dirty cases really remove examples
+    results = {}
+    for engine, space in both_engines.items():
+        replace_app_data(space, documents, annotations, events)
+        rows, fingerprint = examples_and_fingerprint(space)
+        assert {row["annotation_id"]: row for row in rows} == expected, engine
+        results[engine] = fingerprint
+    assert results["duckdb"] == results["postgres"]
