@@ -33,7 +33,6 @@ import csv
 import json
 import math
 import os
-import platform
 import random
 import re
 import secrets
@@ -47,13 +46,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pyarrow as pa
+from benchmark_machine import describe_machine
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -704,26 +703,7 @@ def measure_training(space: Workspace, scale: int, distinct_texts: int, log_dir:
 
 
 def machine(postgres_version: str | None) -> dict[str, str]:
-    info = {"nproc": str(os.cpu_count())}
-    try:
-        info["nproc"] = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    meminfo = Path("/proc/meminfo").read_text()
-    total = re.search(r"^MemTotal:\s+(\d+) kB", meminfo, re.MULTILINE)
-    info["ram"] = f"{int(total.group(1)) / 1024 / 1024:.1f} GiB" if total else "unknown"
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = re.search(r"^(?:model name|Model|cpu model)\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    info["cpu"] = model.group(1).strip() if model else platform.processor() or "unknown"
-    info["kernel"] = platform.release()
-    info["python"] = platform.python_version()
-    for library in LIBRARIES:
-        try:
-            info[library] = version(library)
-        except PackageNotFoundError:
-            info[library] = "not installed"
-    info["postgres"] = postgres_version or "not used"
-    return info
+    return {**describe_machine(LIBRARIES), "postgres": postgres_version or "not used"}
 
 
 def postgres_server_version() -> str:

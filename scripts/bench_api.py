@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import platform
 import re
 import secrets
 import shlex
@@ -30,10 +29,10 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import httpx
+from benchmark_machine import describe_machine
 
 ROOT = Path(__file__).resolve().parent.parent
 START_MARKER = "<!-- bench_api:start -->"
@@ -260,25 +259,7 @@ def reset_summary(results: list[Measurement], usable: bool) -> tuple[bool, str]:
 
 
 def machine() -> dict[str, str]:
-    info = {"nproc": str(os.cpu_count())}
-    try:
-        info["nproc"] = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    meminfo = Path("/proc/meminfo").read_text()
-    total = re.search(r"^MemTotal:\s+(\d+) kB", meminfo, re.MULTILINE)
-    info["ram"] = f"{int(total.group(1)) / 1024 / 1024:.1f} GiB" if total else "unknown"
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = re.search(r"^(?:model name|Model|cpu model)\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    info["cpu"] = model.group(1).strip() if model else platform.processor() or "unknown"
-    info["kernel"] = platform.release()
-    info["python"] = platform.python_version()
-    for library in LIBRARIES:
-        try:
-            info[library] = version(library)
-        except PackageNotFoundError:
-            info[library] = "not installed"
-    return info
+    return describe_machine(LIBRARIES)
 
 
 def mib(kib: float) -> str:

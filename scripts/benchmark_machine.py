@@ -1,0 +1,33 @@
+"""The machine a benchmark ran on, for the header of its section in docs/BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+
+def describe_machine(libraries: tuple[str, ...]) -> dict[str, str]:
+    """CPUs, RAM, CPU model, kernel, Python, and the version of each library."""
+    info = {"nproc": str(os.cpu_count())}
+    try:
+        info["nproc"] = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    meminfo = Path("/proc/meminfo").read_text()
+    total = re.search(r"^MemTotal:\s+(\d+) kB", meminfo, re.MULTILINE)
+    info["ram"] = f"{int(total.group(1)) / 1024 / 1024:.1f} GiB" if total else "unknown"
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"^(?:model name|Model|cpu model)\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    info["cpu"] = model.group(1).strip() if model else platform.processor() or "unknown"
+    info["kernel"] = platform.release()
+    info["python"] = platform.python_version()
+    for library in libraries:
+        try:
+            info[library] = version(library)
+        except PackageNotFoundError:
+            info[library] = "not installed"
+    return info
