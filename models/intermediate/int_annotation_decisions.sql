@@ -27,63 +27,24 @@ decision_events as (
 
 ),
 
--- The rule itself: latest occurred_at, then greatest event_id. This ordering is
--- the one the app's index provides (docs/DEPLOYMENT.md), so PostgreSQL reads
--- the events in order instead of sorting them.
-latest_events as (
-
-    select
-        *,
-        rank() over (
-            partition by annotation_id
-            order by occurred_at desc, event_id desc
-        ) as recency_rank
-
-    from decision_events
-
-),
-
-latest as (
-
-    select
-        *,
-        count(*) over (partition by annotation_id) as tied_events
-
-    from latest_events
-
-    where recency_rank = 1
-
-),
-
--- Exact duplicates of (occurred_at, event_id) exist only in dirty logs. Among
--- them doubt wins (deleted, then rejected, then accepted) and then the binary
--- order of label and actor, so every engine picks the same row. Only the few
--- tied annotations pay for this second ordering.
-tie_broken as (
-
-    select
-        *,
-        row_number() over (
-            partition by annotation_id
-            order by
-                case event_type when 'deleted' then 3 when 'rejected' then 2 else 1 end desc,
-                {{ binary_order('label') }} desc nulls last,
-                {{ binary_order('actor') }} desc nulls last
-        ) as tie_rank
-
-    from latest
-
-    where tied_events > 1
-
-),
-
+-- The rule itself: latest occurred_at, then greatest event_id (the order the app's
+-- index provides, docs/DEPLOYMENT.md). Exact duplicates of (occurred_at, event_id)
+-- exist only in dirty logs: among them doubt wins (deleted, then rejected, then
+-- accepted), then the binary order of label and actor, so every engine picks the
+-- same row.
 deciding_events as (
 
-    select annotation_id, event_id, event_type, label, actor, occurred_at from latest where tied_events = 1
-
-    union all
-
-    select annotation_id, event_id, event_type, label, actor, occurred_at from tie_broken where tie_rank = 1
+    {{ first_per_group(
+        'decision_events',
+        group_by='annotation_id',
+        order_by=[
+            'occurred_at desc',
+            'event_id desc',
+            "case event_type when 'deleted' then 3 when 'rejected' then 2 else 1 end desc",
+            binary_order('label') ~ ' desc nulls last',
+            binary_order('actor') ~ ' desc nulls last',
+        ],
+    ) }}
 
 ),
 

@@ -13,32 +13,22 @@ decisions as (
 
 ),
 
--- A primary key that occurs twice in a dirty source makes the row ambiguous
--- (which text? deleted or not?): such annotations and documents do not train.
--- The copies are counted beside each row and filtered after the joins, which
--- keeps the planner's row estimates for the joins honest.
 annotations as (
 
-    select
-        *,
-        count(*) over (partition by annotation_id) as annotation_rows
-
-    from {{ ref('stg_app__annotations') }}
+    select * from {{ ref('stg_app__annotations') }}
 
 ),
 
 documents as (
 
-    select
-        document_id,
-        deleted_at,
-        count(*) over (partition by document_id) as document_rows
-
-    from {{ ref('stg_app__documents') }}
+    select * from {{ ref('stg_app__documents') }}
 
 ),
 
-accepted as (
+-- Every accepted decision with its annotation rows and their document rows, before
+-- any other filter, so that a primary key stored twice in a dirty source shows as
+-- two rows (an annotation row whose document is missing still counts: left join).
+joined as (
 
     select
         annotations.annotation_id,
@@ -52,21 +42,47 @@ accepted as (
         decisions.deciding_label as label,
         decisions.decided_at as accepted_at,
         decisions.decided_by as accepted_by,
-        decisions.deciding_event_id as accepted_event_id
+        decisions.deciding_event_id as accepted_event_id,
+        documents.document_id as document_row_id,
+        documents.deleted_at as document_deleted_at,
+        -- Decisions are unique per annotation: more than one row means the
+        -- annotation or its document is stored twice, and which copy holds
+        -- (which text? deleted or not?) is ambiguous, so it does not train.
+        count(*) over (partition by annotations.annotation_id) as source_rows
 
     from decisions
 
     inner join annotations
         on decisions.annotation_id = annotations.annotation_id
 
-    inner join documents
+    left join documents
         on annotations.document_id = documents.document_id
 
-    where annotations.annotation_rows = 1
-        and documents.document_rows = 1
-        and not {{ deleted_by_as_of('documents.deleted_at') }}
-        and not {{ is_blank('decisions.deciding_label') }}
-        and not {{ is_blank('annotations.text') }}
+),
+
+accepted as (
+
+    select
+        annotation_id,
+        document_id,
+        page,
+        x0,
+        y0,
+        x1,
+        y1,
+        text,
+        label,
+        accepted_at,
+        accepted_by,
+        accepted_event_id
+
+    from joined
+
+    where source_rows = 1
+        and document_row_id is not null
+        and not {{ deleted_by_as_of('document_deleted_at') }}
+        and not {{ is_blank('label') }}
+        and not {{ is_blank('text') }}
 
 )
 
