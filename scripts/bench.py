@@ -8,9 +8,10 @@ temporary DuckDB file; a PostgreSQL database created for the run and dropped at 
 end), `dbt build` is timed, and then:
 
 - reading `datasets.training_examples` through the trainer's own path
-  (`read_training_examples`) against the floor: one hand-written SQL query that
-  applies CONTRACT §2-§3 to the app's tables directly, fetched the same way
-  (`Session.fetch_arrow`); both must give the same examples (fingerprint and table);
+  (`stream_training_examples`: record batches in annotation_id order) against the
+  floor: one hand-written SQL query that applies CONTRACT §2-§3 to the app's tables
+  directly, in the same order, fetched as one Arrow table (`Session.fetch_arrow`);
+  both must give the same examples (fingerprint and table);
 - the legacy CSV flow (`read_legacy_csv`) on an export of the same annotations;
 - on the first engine only: embedding throughput, `embed_texts` against a plain
   `SentenceTransformer.encode` of the same model object; and for the training
@@ -52,7 +53,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pyarrow as pa
-from benchmark_machine import describe_machine
+from benchmark_docs import describe_machine, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -485,10 +486,15 @@ def measure_reads(space: Workspace, result: EngineResult, split_salt: str, eval_
     already measured at this scale, for when this one's view cannot be read in time."""
     from trainer.dataset import (
         EXAMPLE_COLUMNS,
+        EXAMPLE_SCHEMA,
         as_examples,
         dataset_fingerprint,
-        read_training_examples,
+        stream_training_examples,
     )
+
+    def read_training_examples(session) -> pa.Table:
+        # What the trainer does: record batches, sorted by the database.
+        return pa.Table.from_batches(list(stream_training_examples(session)), schema=EXAMPLE_SCHEMA)
 
     database = space.database()
     with database.session() as session:
@@ -888,11 +894,11 @@ def render(args, command: str, invoked: str, info: dict[str, str], engine_result
             "fresh database per scale and engine: a temporary DuckDB file, or a PostgreSQL database created for "
             "the run (COPY, then the app's index of docs/DEPLOYMENT.md §2 and `VACUUM ANALYZE`; loading is setup, "
             "not timed). Then `dbt build` of the project is timed (wall seconds, models and data tests). "
-            "**Reading**: `read_training_examples(session)` (the trainer's path: the view, cast and sort by "
-            "annotation_id) against the **floor**, one hand-written query applying CONTRACT §2–§3 to the app's "
-            "tables (deciding event by `DISTINCT ON` on PostgreSQL and `QUALIFY row_number()` on DuckDB, joined "
-            "to live documents, blank checks, md5 split), fetched the same way (`Session.fetch_arrow`, without "
-            "the cast and sort); both give identical examples at every scale (checked: `dataset_fingerprint` "
+            "**Reading**: `stream_training_examples(session)` collected into one table (the trainer's path: the "
+            "view in record batches, sorted by annotation_id in the database, bytewise) against the **floor**, "
+            "one hand-written query applying CONTRACT §2–§3 to the app's tables (deciding event by `DISTINCT ON` "
+            "on PostgreSQL and `QUALIFY row_number()` on DuckDB, joined to live documents, blank checks, md5 "
+            "split, `ORDER BY annotation_id`), fetched as one Arrow table (`Session.fetch_arrow`); both give identical examples at every scale (checked: `dataset_fingerprint` "
             "and the whole table after `as_examples`), best of 3, interleaved. \"View fetch only\" is "
             "`fetch_arrow` of the view alone. **Legacy CSV**: the legacy export of the same annotations "
             "(written as `tests/test_legacy_flow.py` does, not timed) read by `read_legacy_csv(path, "
@@ -1032,15 +1038,6 @@ def render(args, command: str, invoked: str, info: dict[str, str], engine_result
     return "\n".join(lines) + "\n"
 
 
-def write_section(output: Path, section: str) -> None:
-    text = output.read_text(encoding="utf-8") if output.exists() else "# Benchmarks\n"
-    start, end = text.find(START_MARKER), text.find(END_MARKER)
-    if start != -1 and end != -1 and end > start:
-        text = text[:start] + section.rstrip("\n") + text[end + len(END_MARKER):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
 
 
 # -- main ----------------------------------------------------------------------------
@@ -1233,7 +1230,7 @@ def main(argv: list[str] | None = None) -> int:
         date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         section = render(args, command, invoked, info, engine_results, embed_results,
                          train_results, rss_method, elapsed, date, estimate_note, skipped_training)
-        write_section(output, section)
+        write_section(output, section, START_MARKER, END_MARKER)
         log(f"wrote {output} in {elapsed:.0f} s")
         print(section)
         return 0

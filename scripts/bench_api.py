@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-from benchmark_machine import describe_machine
+from benchmark_docs import describe_machine, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 START_MARKER = "<!-- bench_api:start -->"
@@ -386,15 +386,6 @@ def summary_paragraph(results: list[Measurement]) -> str:
     return text
 
 
-def write_section(output: Path, section: str) -> None:
-    text = output.read_text(encoding="utf-8") if output.exists() else "# Benchmarks\n"
-    start, end = text.find(START_MARKER), text.find(END_MARKER)
-    if start != -1 and end != -1 and end > start:
-        text = text[:start] + section.rstrip("\n") + text[end + len(END_MARKER):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
 
 
 # -- main ----------------------------------------------------------------------------
@@ -471,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.monotonic() - began
         date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         section = render(results, baseline, command, invoked, machine(), reset_note, peak_resets, elapsed, date)
-        write_section(output, section)
+        write_section(output, section, START_MARKER, END_MARKER)
         log(f"wrote {output} in {elapsed:.0f} s")
         print(section)
         return 0

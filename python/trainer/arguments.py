@@ -6,6 +6,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from trainer.embeddings import DEFAULT_EMBEDDING_BACKEND, check_backend
 from trainer.errors import ConfigurationError
 
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -34,6 +35,16 @@ class TrainingArguments:
         embedding_cache: Reuse the vectors earlier runs computed for the same
             texts with the same encoder (kept in the blob store under
             ``embeddings/``), and embed only the texts never seen before.
+        embedding_backend: What runs the sentence encoder. ``"torch"`` (the
+            default) is ``SentenceTransformer.encode``. ``"onnx"`` and
+            ``"openvino"`` run the same weights exported to ONNX, in float32,
+            with ONNX Runtime or OpenVINO: the same vectors up to rounding.
+            ``"onnx-int8"`` runs that export with int8 weights: the fastest,
+            with vectors slightly off (docs/BENCHMARKS.md has the speed-up and
+            the accuracy change of each). The first use on a machine exports
+            the model (seconds, once; see ``TRAINER_ENCODER_CACHE``). The
+            model records its backend and predicts with it; cached vectors are
+            kept per backend.
     """
 
     model_name: str = DEFAULT_MODEL_NAME
@@ -44,6 +55,7 @@ class TrainingArguments:
     class_weight: str = "none"
     max_iter: int = 2000
     embedding_cache: bool = True
+    embedding_backend: str = DEFAULT_EMBEDDING_BACKEND
 
     def __post_init__(self) -> None:
         if not MODEL_NAME_PATTERN.match(self.model_name or ""):
@@ -63,6 +75,7 @@ class TrainingArguments:
             raise ConfigurationError("max_iter must be at least 1")
         if not isinstance(self.embedding_cache, bool):
             raise ConfigurationError("embedding_cache must be true or false")
+        check_backend(self.embedding_backend)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

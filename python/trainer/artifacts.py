@@ -18,7 +18,7 @@ import hashlib
 import os
 import posixpath
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -116,6 +116,22 @@ class ArtifactStore:
 
     def write_bytes(self, relative_path: str, data: bytes) -> tuple[str, str]:
         """Write a file atomically; return its URI and sha256."""
+        return self._write_chunks(relative_path, [data]), sha256_hex(data)
+
+    def write_file(self, relative_path: str, local_path: str | os.PathLike) -> tuple[str, str]:
+        """Copy a local file into the store atomically, CHUNK_SIZE bytes at a time
+        (it never has to fit in memory); return its URI and the sha256 of what was copied."""
+        digest = hashlib.sha256()
+
+        def chunks() -> Iterator[bytes]:
+            with open(local_path, "rb") as source:
+                while chunk := source.read(CHUNK_SIZE):
+                    digest.update(chunk)
+                    yield chunk
+
+        return self._write_chunks(relative_path, chunks()), digest.hexdigest()
+
+    def _write_chunks(self, relative_path: str, chunks: Iterable[bytes]) -> str:
         final = self._path(relative_path)
         uri = self.fs.unstrip_protocol(final)
         directory = posixpath.dirname(final)
@@ -126,7 +142,8 @@ class ArtifactStore:
                 if not self.is_s3:
                     self.fs.makedirs(directory, exist_ok=True)
                 with self.fs.open(temporary, "wb") as handle:
-                    handle.write(data)
+                    for chunk in chunks:
+                        handle.write(chunk)
                 # Checked just before the move: a local move would put the file inside the
                 # directory, and on S3 the object would shadow everything under it.
                 if self.fs.isdir(final):
@@ -135,7 +152,7 @@ class ArtifactStore:
         except BaseException:
             self._discard(temporary)
             raise
-        return uri, sha256_hex(data)
+        return uri
 
     def read_bytes(self, uri: str) -> bytes:
         with self.open_read(uri) as handle, self._failures("read", uri):

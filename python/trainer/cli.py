@@ -31,6 +31,9 @@ Settings (CONTRACT §6):
                          trainer), or TRAINER_API_TOKENS_FILE
   TRAINER_API_HOST, TRAINER_API_PORT
                          serve: where to listen (127.0.0.1, 8000)
+  TRAINER_ENCODER_CACHE  where --embedding-backend onnx/onnx-int8/openvino
+                         keep the encoder's ONNX exports (default:
+                         ~/.cache/training-db-pipeline/encoders)
 """
 
 
@@ -170,11 +173,26 @@ def load_demo_command(target, app_schema):
         click.echo(f"  {settings.app_schema}.{table}: {report.inserted[table]} inserted ({total} in the demo)")
 
 
-TRAINING_OPTIONS = ("model_name", "confidence_threshold", "seed", "batch_size", "embedding_cache")
+TRAINING_OPTIONS = ("model_name", "confidence_threshold", "seed", "batch_size", "embedding_cache", "embedding_backend")
 
 
 def training_options(command):
     """The options that become a run's TrainingArguments (train and request)."""
+    from trainer.embeddings import DEFAULT_EMBEDDING_BACKEND, EMBEDDING_BACKENDS
+
+    command = click.option(
+        "--embedding-backend",
+        type=click.Choice(list(EMBEDDING_BACKENDS)),
+        default=DEFAULT_EMBEDDING_BACKEND,
+        show_default=True,
+        help="What runs the sentence encoder. torch: SentenceTransformer.encode. onnx / openvino: the same "
+        "model exported to ONNX, run in float32 by ONNX Runtime / OpenVINO (same vectors up to rounding; "
+        "little faster per core). onnx-int8: that export with int8 weights (over 2x the segments/s of torch "
+        "on the demo, vectors slightly off, eval accuracy within a point there). docs/BENCHMARKS.md has "
+        "the figures. The first use on a machine exports the model once (seconds; kept under "
+        "TRAINER_ENCODER_CACHE). Cached vectors are kept per backend, and the model predicts with the "
+        "backend it was trained with.",
+    )(command)
     command = click.option(
         "--embedding-cache/--no-embedding-cache",
         default=True,
@@ -198,7 +216,7 @@ def training_options(command):
     return model_name_option(command)
 
 
-def _training_arguments(model_name, confidence_threshold, seed, batch_size, embedding_cache):
+def _training_arguments(model_name, confidence_threshold, seed, batch_size, embedding_cache, embedding_backend):
     from trainer.arguments import TrainingArguments
 
     return TrainingArguments(
@@ -207,6 +225,7 @@ def _training_arguments(model_name, confidence_threshold, seed, batch_size, embe
         seed=seed,
         embedding_batch_size=batch_size,
         embedding_cache=embedding_cache,
+        embedding_backend=embedding_backend,
     )
 
 
@@ -273,6 +292,7 @@ def train(
     seed,
     batch_size,
     embedding_cache,
+    embedding_backend,
     as_of,
     from_snapshot,
     from_csv,
@@ -316,7 +336,9 @@ def train(
                 )
             result = run_queued(training_run, settings, progress=_progress(quiet))
         else:
-            args = _training_arguments(model_name, confidence_threshold, seed, batch_size, embedding_cache)
+            args = _training_arguments(
+                model_name, confidence_threshold, seed, batch_size, embedding_cache, embedding_backend
+            )
             source = _example_source(as_of, from_snapshot, from_csv)
             result = train_model(args, settings, progress=_progress(quiet), source=source)
     version = result.model_version
@@ -337,7 +359,16 @@ def train(
 @source_options
 @user_errors
 def request(
-    target, model_name, confidence_threshold, seed, batch_size, embedding_cache, as_of, from_snapshot, from_csv
+    target,
+    model_name,
+    confidence_threshold,
+    seed,
+    batch_size,
+    embedding_cache,
+    embedding_backend,
+    as_of,
+    from_snapshot,
+    from_csv,
 ):
     """Queue a training run and print its id; a worker runs it.
 
@@ -347,7 +378,9 @@ def request(
     """
     from trainer.work_queue import request_run
 
-    args = _training_arguments(model_name, confidence_threshold, seed, batch_size, embedding_cache)
+    args = _training_arguments(
+        model_name, confidence_threshold, seed, batch_size, embedding_cache, embedding_backend
+    )
     source = _example_source(as_of, from_snapshot, from_csv)
     click.echo(request_run(args, Settings.from_env(target=target), source))
 

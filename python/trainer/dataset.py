@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -58,19 +59,41 @@ _FINGERPRINT_DOMAIN = b"training-db-pipeline/training-examples/v1\n"
 BUILD_HINT = "build the datasets first: dbt build --profiles-dir profiles --target {target}"
 
 
-def read_training_examples(session: Session, query: str | None = None) -> pa.Table:
-    """All rows of ``datasets.training_examples`` (or of ``query``, the same
-    models compiled inline for a point in time), sorted by annotation_id (bytewise)."""
+# Rows per record batch when the examples are read as a stream.
+STREAM_BATCH_ROWS = 65_536
+
+
+def _examples_relation(session: Session, query: str | None) -> str:
     if query is None:
         if not session.relation_exists(DATASETS_SCHEMA, TRAINING_EXAMPLES):
             raise DatasetError(
                 f"{DATASETS_SCHEMA}.{TRAINING_EXAMPLES} does not exist; " + BUILD_HINT.format(target=session.dialect)
             )
-        query = f"{DATASETS_SCHEMA}.{TRAINING_EXAMPLES}"
-    else:
-        query = f"({query}) as training_examples"
+        return f"{DATASETS_SCHEMA}.{TRAINING_EXAMPLES}"
+    return f"({query}) as training_examples"
+
+
+def read_training_examples(session: Session, query: str | None = None) -> pa.Table:
+    """All rows of ``datasets.training_examples`` (or of ``query``, the same
+    models compiled inline for a point in time), sorted by annotation_id (bytewise)."""
+    relation = _examples_relation(session, query)
     columns = ", ".join(EXAMPLE_COLUMNS)
-    return as_examples(session.fetch_arrow(f"select {columns} from {query}"))
+    return as_examples(session.fetch_arrow(f"select {columns} from {relation}"))
+
+
+def stream_training_examples(
+    session: Session, query: str | None = None, batch_rows: int = STREAM_BATCH_ROWS
+) -> Iterator[pa.RecordBatch]:
+    """The rows :func:`read_training_examples` returns, in the same order, as record
+    batches of :data:`EXAMPLE_SCHEMA` (at most ``batch_rows`` rows each), never more
+    than one batch at a time in this process. The database sorts them, in byte order
+    whatever its locale; :class:`Fingerprint` refuses them if it did not."""
+    relation = _examples_relation(session, query)
+    collate = ' collate "C"' if session.dialect == "postgres" else ""
+    sql = f"select {', '.join(EXAMPLE_COLUMNS)} from {relation} order by annotation_id{collate}"
+    for batch in session.stream_arrow(sql, EXAMPLE_SCHEMA, batch_rows):
+        if batch.num_rows:
+            yield batch.replace_schema_metadata(None)
 
 
 def as_examples(table: pa.Table) -> pa.Table:
@@ -158,14 +181,31 @@ class DatasetSummary:
 
 
 def summarize(table: pa.Table) -> DatasetSummary:
-    splits = table.column("split").to_pylist()
-    labels = table.column("label").to_pylist()
-    documents = table.column("document_id").to_pylist()
-    examples = Counter(zip(splits, labels))
-    distinct = Counter({key: 0 for key in examples})
-    for key in set(zip(splits, labels, documents)):
-        distinct[key[:2]] += 1
-    return DatasetSummary(examples=dict(examples), documents=dict(distinct))
+    counter = SummaryCounter()
+    for batch in table.to_batches():
+        counter.update(batch)
+    return counter.summary()
+
+
+class SummaryCounter:
+    """:func:`summarize` computed batch by batch (any order, any batching)."""
+
+    def __init__(self) -> None:
+        self._examples: Counter[tuple[str, str]] = Counter()
+        self._documents: set[tuple[str, str, str]] = set()
+
+    def update(self, batch: pa.RecordBatch) -> None:
+        splits = batch.column("split").to_pylist()
+        labels = batch.column("label").to_pylist()
+        documents = batch.column("document_id").to_pylist()
+        self._examples.update(zip(splits, labels))
+        self._documents.update(zip(splits, labels, documents))
+
+    def summary(self) -> DatasetSummary:
+        distinct = Counter({key: 0 for key in self._examples})
+        for key in self._documents:
+            distinct[key[:2]] += 1
+        return DatasetSummary(examples=dict(self._examples), documents=dict(distinct))
 
 
 def check_trainable(summary: DatasetSummary) -> None:

@@ -50,6 +50,8 @@ class Settings:
     duckdb_lock_timeout: float = 60.0
     # psycopg connection keywords from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE.
     postgres: dict = field(default_factory=dict, repr=False)
+    # Rows per record batch when a run reads its examples (TRAINER_READ_BATCH_ROWS).
+    read_batch_rows: int = 65_536
 
     def postgres_description(self) -> str:
         """Where PostgreSQL is, for messages (never the password)."""
@@ -100,7 +102,21 @@ class Settings:
             heartbeat_timeout=timeout,
             duckdb_lock_timeout=_seconds(env, "TRAINER_DUCKDB_LOCK_TIMEOUT", 60.0),
             postgres={keyword: env[variable] for variable, keyword in POSTGRES_VARIABLES.items() if env.get(variable)},
+            read_batch_rows=_positive_int(env, "TRAINER_READ_BATCH_ROWS", 65_536),
         )
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigurationError(f"{name}={raw!r} is not a positive whole number")
+    return value
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:

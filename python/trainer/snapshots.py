@@ -10,14 +10,17 @@ rows, because the rows are put into one schema and one order first.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trainer.artifacts import ArtifactStore, sha256_hex
+from trainer.artifacts import CHUNK_SIZE, ArtifactStore, sha256_hex
 from trainer.dataset import EXAMPLE_SCHEMA, as_examples, dataset_fingerprint
 from trainer.errors import ArtifactError
 
@@ -50,7 +53,10 @@ def write_parquet(batches: Iterable[pa.RecordBatch], sink) -> Iterator[None]:
     they were batched: whole tables and streams of any batch size give the same file."""
     with pq.ParquetWriter(sink, EXAMPLE_SCHEMA, **_PARQUET_OPTIONS) as writer:
         for group in _row_groups(batches):
-            writer.write_table(group, row_group_size=ROW_GROUP_ROWS)
+            # One contiguous chunk per column: the writer cuts data pages at chunk
+            # boundaries too, so a row group made of small batches would otherwise
+            # give other pages (other bytes) than the same rows read at once.
+            writer.write_table(group.combine_chunks(), row_group_size=ROW_GROUP_ROWS)
             yield
     yield
 
@@ -78,6 +84,39 @@ def write_snapshot(store: ArtifactStore, examples: pa.Table, fingerprint: str) -
     if store.exists(relative):
         return Snapshot(store.uri(relative), digest, fingerprint, written=False)
     uri, written_digest = store.write_bytes(relative, data)
+    return Snapshot(uri, written_digest, fingerprint, written=True)
+
+
+def spool_snapshot(batches: Iterable[pa.RecordBatch], directory: str | None = None) -> tuple[Path, str]:
+    """Write examples (EXAMPLE_SCHEMA batches, in order) as a snapshot file to a new
+    local temporary file (in ``directory``, by default TMPDIR), one row group at a
+    time; return its path and sha256. The caller deletes the file."""
+    handle = tempfile.NamedTemporaryFile(prefix="snapshot-", suffix=".parquet", dir=directory, delete=False)
+    path = Path(handle.name)
+    try:
+        with handle:
+            for _ in write_parquet(batches, handle):
+                pass
+        digest = hashlib.sha256()
+        with open(path, "rb") as written:
+            while chunk := written.read(CHUNK_SIZE):
+                digest.update(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path, digest.hexdigest()
+
+
+def store_snapshot_file(store: ArtifactStore, path: Path, sha256: str, fingerprint: str) -> Snapshot:
+    """Copy a spooled snapshot file (:func:`spool_snapshot`) into the store, unless
+    the identical file is stored already; the same address as :func:`write_snapshot`."""
+    relative = f"{SNAPSHOTS_PREFIX}/{fingerprint}/{sha256}.parquet"
+    if store.exists(relative):
+        return Snapshot(store.uri(relative), sha256, fingerprint, written=False)
+    uri, written_digest = store.write_file(relative, path)
+    if written_digest != sha256:
+        store.delete(uri)
+        raise ArtifactError(f"snapshot file {path} changed while it was being stored")
     return Snapshot(uri, written_digest, fingerprint, written=True)
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +28,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from trainer.artifacts import ArtifactStore
+from trainer.dataset import STREAM_BATCH_ROWS
 from trainer.db import Database
 from trainer.errors import ConfigurationError, DatasetError, InputFileError
 from trainer.results_store import ResultsStore
@@ -41,10 +44,29 @@ class LoadedExamples:
     as_of: datetime | None = None
 
 
+@dataclass(frozen=True)
+class ExampleStream:
+    """The examples as record batches (EXAMPLE_SCHEMA, annotation_id order), to be
+    read once inside the ``stream()`` block that made them."""
+
+    batches: Iterator[pa.RecordBatch]
+    as_of: datetime | None = None
+
+
 class ExampleSource(Protocol):
     def params(self) -> dict[str, Any]: ...
 
     def load(self, database: Database, store: ResultsStore, artifacts: ArtifactStore) -> LoadedExamples: ...
+
+    def stream(
+        self, database: Database, store: ResultsStore, artifacts: ArtifactStore, batch_rows: int = ...
+    ) -> AbstractContextManager[ExampleStream]: ...
+
+
+@contextmanager
+def _table_stream(loaded: LoadedExamples, batch_rows: int) -> Iterator[ExampleStream]:
+    """A source that reads a whole table (a snapshot, the legacy CSV) streams its batches."""
+    yield ExampleStream(iter(loaded.examples.to_batches(max_chunksize=batch_rows)), loaded.as_of)
 
 
 @dataclass(frozen=True)
@@ -66,12 +88,41 @@ class DatabaseSource:
             query = training_examples_query(database.settings, self.as_of)
         with database.session() as session:
             examples = read_training_examples(session, query)
-        if self.as_of is not None and examples.num_rows == 0:
+        if examples.num_rows == 0:
+            self._nothing_as_of()
+        return LoadedExamples(examples, self.as_of)
+
+    @contextmanager
+    def stream(
+        self, database: Database, store: ResultsStore, artifacts: ArtifactStore, batch_rows: int = STREAM_BATCH_ROWS
+    ) -> Iterator[ExampleStream]:
+        """The examples straight from the database, batch by batch, sorted by it;
+        the session (one transaction, one consistent state) lasts the whole block."""
+        from trainer.dataset import stream_training_examples
+
+        query = None
+        if self.as_of is not None:
+            from trainer.point_in_time import training_examples_query
+
+            query = training_examples_query(database.settings, self.as_of)
+        with database.session() as session:
+
+            def batches() -> Iterator[pa.RecordBatch]:
+                rows = 0
+                for batch in stream_training_examples(session, query, batch_rows):
+                    rows += batch.num_rows
+                    yield batch
+                if rows == 0:
+                    self._nothing_as_of()
+
+            yield ExampleStream(batches(), self.as_of)
+
+    def _nothing_as_of(self) -> None:
+        if self.as_of is not None:
             raise DatasetError(
                 f"no training examples as of {self.as_of:%Y-%m-%d %H:%M:%S} UTC: no annotation had a deciding "
                 "acceptance by then (the event log may start later)"
             )
-        return LoadedExamples(examples, self.as_of)
 
 
 @dataclass(frozen=True)
@@ -103,6 +154,11 @@ class SnapshotSource:
             run = store.find_snapshot(text)
         examples = read_snapshot(artifacts, run.snapshot_uri, run.snapshot_sha256, run.dataset_fingerprint)
         return LoadedExamples(examples, run.dataset_as_of)
+
+    def stream(
+        self, database: Database, store: ResultsStore, artifacts: ArtifactStore, batch_rows: int = STREAM_BATCH_ROWS
+    ) -> AbstractContextManager[ExampleStream]:
+        return _table_stream(self.load(database, store, artifacts), batch_rows)
 
 
 @dataclass(frozen=True)
@@ -137,6 +193,11 @@ class CsvSource:
         if expected is not None and legacy.sha256 != expected:
             raise InputFileError(f"{self.path}: the file changed while the run started; run it again")
         return LoadedExamples(legacy.examples)
+
+    def stream(
+        self, database: Database, store: ResultsStore, artifacts: ArtifactStore, batch_rows: int = STREAM_BATCH_ROWS
+    ) -> AbstractContextManager[ExampleStream]:
+        return _table_stream(self.load(database, store, artifacts), batch_rows)
 
 
 def read_split_overrides(database: Database) -> dict[str, str]:

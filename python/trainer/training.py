@@ -17,7 +17,7 @@ import numpy as np
 from trainer.arguments import TrainingArguments
 from trainer.artifacts import ArtifactStore
 from trainer.classifier import SegmentClassifier
-from trainer.dataset import check_trainable, dataset_fingerprint, summarize
+from trainer.dataset import check_trainable
 from trainer.db import Database
 from trainer.embedding_cache import EmbeddingCache, embed_with_cache
 from trainer.embeddings import embed_texts, embedding_model_id
@@ -26,8 +26,9 @@ from trainer.evaluation import evaluate
 from trainer.heartbeat import Heartbeat, worker_identity
 from trainer.results_store import Metric, ModelVersion, ResultsStore
 from trainer.settings import Settings
-from trainer.snapshots import write_snapshot
+from trainer.snapshots import store_snapshot_file
 from trainer.sources import DatabaseSource, ExampleSource, source_from_params
+from trainer.training_data import collect_examples, fit_layout, text_probabilities
 from trainer.versions import library_versions
 
 
@@ -140,35 +141,47 @@ def _train_run(
     run_id: int, args: TrainingArguments, source: ExampleSource, context: _Context, progress: bool | None
 ) -> TrainingResult:
     store = context.store
-    loaded = source.load(context.database, store, context.artifacts)
-    examples = loaded.examples
-    summary = summarize(examples)
-    check_trainable(summary)
-    fingerprint = dataset_fingerprint(examples)
-    train_size, eval_size = summary.split_size("train"), summary.split_size("eval")
-    # The snapshot is complete in the blob store before the run points at it.
-    snapshot = write_snapshot(context.artifacts, examples, fingerprint)
+    # One pass over the examples, batch by batch: snapshot file, fingerprint,
+    # summary and the compact inputs of the fit (trainer.training_data).
+    with source.stream(context.database, store, context.artifacts, context.settings.read_batch_rows) as stream:
+        collected = collect_examples(stream.batches)
+    try:
+        summary = collected.summary
+        check_trainable(summary)
+        fingerprint = collected.fingerprint
+        train_size, eval_size = summary.split_size("train"), summary.split_size("eval")
+        # The snapshot is complete in the blob store before the run points at it.
+        snapshot = store_snapshot_file(context.artifacts, collected.snapshot_path, collected.snapshot_sha256, fingerprint)
+    finally:
+        collected.discard_snapshot_file()
     store.record_dataset(
-        run_id, fingerprint, train_size, eval_size, snapshot.uri, snapshot.sha256, summary.to_rows(), loaded.as_of
+        run_id, fingerprint, train_size, eval_size, snapshot.uri, snapshot.sha256, summary.to_rows(), stream.as_of
     )
 
     _seed_everything(args.seed)
-    texts = examples.column("text").to_pylist()
-    labels = examples.column("label").to_pylist()
-    is_train = np.asarray(examples.column("split").to_pylist()) == "train"
-    cache = EmbeddingCache(context.artifacts, embedding_model_id()) if args.embedding_cache else None
+    inputs = collected.inputs
+    is_train = inputs.is_train
+    # One vector per row of the fit, none per example: the train split's distinct
+    # (text, label) pairs, each weighted by its number of examples (the objective
+    # of one row per example), then the texts only eval has (trainer.training_data).
+    layout = fit_layout(inputs)
+    texts = layout.texts(inputs)
+    backend = args.embedding_backend  # vectors are cached per backend, never shared between two
+    cache = EmbeddingCache(context.artifacts, embedding_model_id(), backend) if args.embedding_cache else None
     embedded = embed_with_cache(
-        texts, cache, lambda distinct: embed_texts(distinct, batch_size=args.embedding_batch_size, progress=progress)
+        texts,
+        cache,
+        lambda distinct: embed_texts(distinct, batch_size=args.embedding_batch_size, progress=progress, backend=backend),
     )
     # Not under "embedding_cache": that key is the TrainingArguments switch.
     store.add_params(run_id, {"embedding_cache_hits": embedded.hits, "embedded_texts": embedded.embedded})
-    embeddings = embedded.vectors
-
-    head = _fit_head(embeddings[is_train], [label for label, keep in zip(labels, is_train) if keep], args)
+    vectors = embedded.vectors
+    head = _fit_head(vectors[: layout.train_rows], layout.train_labels, args, sample_weight=layout.train_counts)
     classifier = SegmentClassifier(
         head=head,
         embedding_model=embedding_model_id(),
         confidence_threshold=args.confidence_threshold,
+        embedding_backend=args.embedding_backend,
         metadata={
             "model_name": args.model_name,
             "run_id": run_id,
@@ -177,11 +190,14 @@ def _train_run(
         },
     )
 
+    # Each distinct text is predicted once; an example takes its text's probabilities.
+    probabilities = text_probabilities(classifier.predict_proba, layout, vectors, len(inputs.texts))
+    del vectors, embedded
     metrics: list[Metric] = []
     for split, mask in (("eval", ~is_train), ("train", is_train)):
         metrics += evaluate(
-            [label for label, keep in zip(labels, mask) if keep],
-            classifier.predict_proba(embeddings[mask]),
+            inputs.labels(mask),
+            probabilities[inputs.text_index[mask]],
             classifier.labels,
             args.confidence_threshold,
             split,
@@ -193,7 +209,7 @@ def _train_run(
     return TrainingResult(run_id, version, fingerprint, snapshot.uri, train_size, eval_size, metrics)
 
 
-def _fit_head(embeddings: np.ndarray, labels: list[str], args: TrainingArguments):
+def _fit_head(embeddings: np.ndarray, labels: list[str], args: TrainingArguments, sample_weight: np.ndarray | None = None):
     from sklearn.linear_model import LogisticRegression
 
     head = LogisticRegression(
@@ -202,7 +218,7 @@ def _fit_head(embeddings: np.ndarray, labels: list[str], args: TrainingArguments
         max_iter=args.max_iter,
         random_state=args.seed,
     )
-    return head.fit(embeddings, labels)
+    return head.fit(embeddings, labels, sample_weight=sample_weight)
 
 
 def _seed_everything(seed: int) -> None:

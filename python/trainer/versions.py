@@ -9,6 +9,9 @@ PACKAGES = {
     "torch": "torch",
     "sentence_transformers": "sentence-transformers",
     "transformers": "transformers",
+    # What runs the encoder for --embedding-backend onnx, onnx-int8, openvino.
+    "onnxruntime": "onnxruntime",
+    "openvino": "openvino",
     "scikit_learn": "scikit-learn",
     "skops": "skops",
     "numpy": "numpy",

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from trainer.arguments import MODEL_NAME_PATTERN
+from trainer.embeddings import DEFAULT_EMBEDDING_BACKEND, EMBEDDING_BACKENDS
 
 MAX_ID = 2**63 - 1  # bigint
 
@@ -263,6 +264,12 @@ class TrainingRequest(BaseModel):
     regularization: JsonFloat = Field(4.0, gt=0.0, le=1e6, allow_inf_nan=False)
     class_weight: Literal["none", "balanced"] = "none"
     max_iter: JsonInt = Field(2000, ge=1, le=100_000)
+    embedding_backend: Literal[tuple(EMBEDDING_BACKENDS)] = Field(  # type: ignore[valid-type]
+        DEFAULT_EMBEDDING_BACKEND,
+        description="What runs the sentence encoder: torch (SentenceTransformer), onnx or openvino (the model "
+        "exported to ONNX, float32: same vectors up to rounding), onnx-int8 (int8 weights: fastest, vectors "
+        "slightly off; docs/BENCHMARKS.md). The model predicts with the same backend.",
+    )
     source: Annotated[LiveSource | SnapshotSourceIn, Field(discriminator="kind")] = Field(
         default_factory=lambda: LiveSource(kind="database"),
         description="Default: the live datasets when the run starts.",

@@ -1,4 +1,5 @@
-"""The machine a benchmark ran on, for the header of its section in docs/BENCHMARKS.md."""
+"""What the benchmark scripts share: the machine a benchmark ran on, for the header of its
+section in docs/BENCHMARKS.md, and writing that section between its markers."""
 
 from __future__ import annotations
 
@@ -31,3 +32,16 @@ def describe_machine(libraries: tuple[str, ...]) -> dict[str, str]:
         except PackageNotFoundError:
             info[library] = "not installed"
     return info
+
+
+def write_section(output: Path, section: str, start_marker: str, end_marker: str) -> None:
+    """Replace the text between the markers (the previous run's section) with ``section``,
+    which holds both markers; append it when the file has none yet. Other sections stay."""
+    text = output.read_text(encoding="utf-8") if output.exists() else "# Benchmarks\n"
+    start, end = text.find(start_marker), text.find(end_marker)
+    if start != -1 and end != -1 and end > start:
+        text = text[:start] + section.rstrip("\n") + text[end + len(end_marker):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")

@@ -1,0 +1,202 @@
+#!/usr/bin/env python
+"""Peak memory and wall time of `python -m trainer train` at a given scale.
+
+Generates N synthetic annotations (`trainer.synthetic.synthetic_app_data`), loads them
+into a fresh DuckDB (or PostgreSQL) workspace and builds the views with `dbt run`
+(scripts/bench.py's helpers: setup, not measured), then runs the trainer as a child
+process and samples the resident memory of its whole process tree from /proc every
+``--interval`` seconds. It prints, per run: wall seconds, CPU seconds (user + system,
+all threads: on a shared machine a steadier figure than wall time), the sampled peak
+of the tree's summed RSS, and the child's own high-water mark (``ru_maxrss`` from
+wait4, exact, whatever the sampling missed).
+
+    .venv/bin/python scripts/bench_trainer_memory.py --annotations 1000000 [--runs 2]
+        [--engine duckdb] [--workdir DIR] [--keep] [--artifacts DIR] [--trainer-arg --no-embedding-cache]
+
+The first run of a fresh blob store is cold (every distinct text is embedded); later
+runs find the vectors in the embedding cache. ``--artifacts DIR`` uses (and fills) a
+blob store that outlives the workspace, so a later invocation starts warm;
+``--workspace DIR`` reuses a workspace this script kept (``--keep``) without
+generating or loading again. Run it with the project's virtualenv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+SCRIPTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(SCRIPTS))
+
+import bench  # noqa: E402  (scripts/bench.py: workspaces, loading, dbt)
+
+MIB = 1024 * 1024
+SEED = bench.SEED
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(value) for value in text.split()]
+
+
+def _tree(pid: int) -> list[int]:
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        pending.extend(_children(current))
+    return found
+
+
+def _status_kib(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+class RssSampler(threading.Thread):
+    """Sums VmRSS over a process and its descendants, every ``interval`` seconds."""
+
+    def __init__(self, pid: int, interval: float):
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.peak_kib = 0
+        self.peak_at = 0.0
+        self.samples = 0
+        self.hwm_kib: dict[int, int] = {}
+        self.stopped = threading.Event()
+        self.started_at = time.perf_counter()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            pids = _tree(self.pid)
+            total = sum(_status_kib(pid, "VmRSS") for pid in pids)
+            for pid in pids:
+                self.hwm_kib[pid] = max(self.hwm_kib.get(pid, 0), _status_kib(pid, "VmHWM"))
+            self.samples += 1
+            if total > self.peak_kib:
+                self.peak_kib, self.peak_at = total, time.perf_counter() - self.started_at
+            self.stopped.wait(self.interval)
+
+
+def run_trainer(space, artifacts: Path, extra: list[str], interval: float, log_path: Path) -> dict:
+    command = [sys.executable, "-m", "trainer", "train", "--quiet", *extra]
+    env = space.env(artifacts)
+    started = time.perf_counter()
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(command, cwd=space.root, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        sampler = RssSampler(process.pid, interval)
+        sampler.start()
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        sampler.stopped.set()
+        sampler.join()
+        process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"`{shlex.join(command)}` exited {process.returncode}; see {log_path}:\n"
+                         + log_path.read_text()[-3000:])
+    with space.database().session() as session:
+        run_id, params, n_train, n_eval = session.fetchone(
+            "select run_id, params, train_examples, eval_examples from training.training_runs "
+            "order by run_id desc limit 1")
+    params = json.loads(params) if isinstance(params, str) else params
+    return {
+        "run_id": run_id,
+        "seconds": seconds,
+        "examples": n_train + n_eval,
+        "sampled_peak_tree_mib": sampler.peak_kib / 1024,
+        "sampled_peak_at_s": sampler.peak_at,
+        "samples": sampler.samples,
+        "processes_seen": len(sampler.hwm_kib),
+        "ru_maxrss_mib": usage.ru_maxrss / 1024,
+        # CPU seconds of the trainer (all its threads): unlike wall time, not stretched by other load.
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "embedded_texts": params.get("embedded_texts"),
+        "embedding_cache_hits": params.get("embedding_cache_hits"),
+    }
+
+
+def prepare(args) -> "bench.Workspace":
+    if args.workspace is not None and (args.workspace / "prepared.json").is_file():
+        meta = json.loads((args.workspace / "prepared.json").read_text())
+        bench.log(f"reusing workspace {args.workspace} ({meta['annotations']:,} annotations, {meta['engine']})")
+        args.annotations = meta["annotations"]
+        return bench.Workspace(args.workspace, meta["engine"], meta.get("pg_database"))
+    from trainer.synthetic import synthetic_app_data
+
+    parent = args.workdir or Path(tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    space = bench.new_workspace(parent, args.engine, args.annotations, [])
+    started = time.perf_counter()
+    data = synthetic_app_data(args.annotations, seed=SEED)
+    bench.log(f"generated {data.annotations.num_rows:,} annotations in {time.perf_counter() - started:.1f} s")
+    bench.load_app_data(space, data)
+    del data
+    completed = subprocess.run(bench._dbt_command(space, "run"), cwd=bench.ROOT, env=space.env(),
+                               capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise SystemExit(f"dbt run failed:\n{completed.stdout[-4000:]}")
+    (space.root / "prepared.json").write_text(json.dumps(
+        {"annotations": args.annotations, "engine": args.engine, "pg_database": space.pg_database}))
+    bench.log(f"workspace {space.root} ready ({time.perf_counter() - started:.1f} s)")
+    return space
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--annotations", type=int, default=100_000)
+    parser.add_argument("--engine", choices=bench.ENGINES, default="duckdb")
+    parser.add_argument("--runs", type=int, default=1, help="trainer runs, one after another (default 1)")
+    parser.add_argument("--workdir", type=Path, help="where the workspace is created (default: TMPDIR)")
+    parser.add_argument("--workspace", type=Path, help="reuse a workspace kept by an earlier --keep")
+    parser.add_argument("--keep", action="store_true", help="keep the workspace (database and blob store)")
+    parser.add_argument("--artifacts", type=Path, help="blob store (default: the workspace's own, fresh)")
+    parser.add_argument("--interval", type=float, default=0.05, help="RSS sampling interval, seconds")
+    parser.add_argument("--trainer-arg", action="append", default=[], help="extra argument for `trainer train`")
+    args = parser.parse_args(argv)
+
+    space = prepare(args)
+    artifacts = args.artifacts or space.root / "artifacts"
+    try:
+        with space.database().session() as session:
+            examples = int(session.scalar("select count(*) from datasets.training_examples"))
+            distinct = int(session.scalar("select count(distinct text) from datasets.training_examples"))
+        bench.log(f"{examples:,} examples, {distinct:,} distinct texts; blob store {artifacts}")
+        results = []
+        for index in range(args.runs):
+            result = run_trainer(space, artifacts, args.trainer_arg, args.interval,
+                                 space.root / f"trainer-{int(time.time())}-{index}.log")
+            results.append(result)
+            bench.log(
+                f"run {result['run_id']}: {result['seconds']:.1f} s wall ({result['cpu_seconds']:.0f} CPU s), "
+                f"peak RSS {result['ru_maxrss_mib']:.0f} MiB "
+                f"(ru_maxrss), sampled tree peak {result['sampled_peak_tree_mib']:.0f} MiB at "
+                f"{result['sampled_peak_at_s']:.1f} s ({result['processes_seen']} process(es)); "
+                f"embedded {result['embedded_texts']}, cache hits {result['embedding_cache_hits']}")
+        print(json.dumps({"annotations": args.annotations, "engine": space.engine, "examples": examples,
+                          "distinct_texts": distinct, "runs": results}, indent=2))
+    finally:
+        if not args.keep and args.workspace is None:
+            bench.drop_workspace(space, [space.pg_database] if space.pg_database else [])
+        elif args.keep:
+            bench.log(f"kept workspace {space.root} (reuse with --workspace {space.root})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
