@@ -91,13 +91,17 @@ def spool_snapshot(batches: Iterable[pa.RecordBatch], directory: str | None = No
     """Write examples (EXAMPLE_SCHEMA batches, in order) as a snapshot file to a new
     local temporary file (in ``directory``, by default TMPDIR), one row group at a
     time; return its path and sha256. The caller deletes the file."""
-    handle = tempfile.NamedTemporaryFile(prefix="snapshot-", suffix=".parquet", dir=directory, delete=False)
-    path = Path(handle.name)
-    try:
-        with handle:
+    with tempfile.NamedTemporaryFile(prefix="snapshot-", suffix=".parquet", dir=directory, delete=False) as handle:
+        path = Path(handle.name)
+        try:
             for _ in write_parquet(batches, handle):
                 pass
-        digest = hashlib.sha256()
+        except BaseException:
+            handle.close()
+            path.unlink(missing_ok=True)
+            raise
+    digest = hashlib.sha256()
+    try:
         with open(path, "rb") as written:
             while chunk := written.read(CHUNK_SIZE):
                 digest.update(chunk)
