@@ -33,7 +33,7 @@ def test_a_second_pass_embeds_nothing_and_returns_the_same_vectors(tmp_path):
     cache = EmbeddingCache(ArtifactStore(str(tmp_path)), embedding_model_id())
     encoder = RecordingEncoder()
     cold = embed_with_cache(TEXTS, cache, encoder)
-    assert encoder.calls == [list(dict.fromkeys(TEXTS))]  # each distinct text once
+    assert len(encoder.calls) == 1 and sorted(encoder.calls[0]) == sorted(set(TEXTS))  # each distinct text once
     assert (cold.hits, cold.embedded) == (0, 5)
     np.testing.assert_allclose(cold.vectors, embed_texts(TEXTS, progress=False), atol=1e-5)
     assert np.array_equal(cold.vectors[0], cold.vectors[2])
@@ -45,6 +45,61 @@ def test_a_second_pass_embeds_nothing_and_returns_the_same_vectors(tmp_path):
     more = embed_with_cache(TEXTS + ["a text never seen"], cache, encoder)
     assert encoder.calls[-1] == ["a text never seen"] and (more.hits, more.embedded) == (5, 1)
     assert np.array_equal(more.vectors[:-1], cold.vectors)
+
+
+def test_texts_are_embedded_and_stored_a_chunk_at_a_time_and_a_crash_keeps_finished_chunks(tmp_path):
+    store = ArtifactStore(str(tmp_path))
+    cache = EmbeddingCache(store, embedding_model_id())
+    texts = [f"segment number {i} " + "x" * (i % 7) for i in range(9)]
+    calls: list[list[str]] = []
+
+    def failing_on_third_chunk(chunk: list[str]) -> np.ndarray:
+        calls.append(chunk)
+        if len(calls) == 3:
+            raise RuntimeError("encoder died")
+        return embed_texts(chunk, progress=False)
+
+    with pytest.raises(RuntimeError, match="encoder died"):
+        embed_with_cache(texts, cache, failing_on_third_chunk, chunk_texts=4)
+    assert [len(chunk) for chunk in calls] == [4, 4, 1]
+    assert [len(c[0]) for c in calls[:2]] == sorted((len(t) for t in texts), reverse=True)[::4][:2]  # longest first
+    assert len(list((tmp_path / "embeddings").rglob("*.parquet"))) == 2  # one shard per finished chunk
+
+    encoder = RecordingEncoder()
+    resumed = embed_with_cache(texts, cache, encoder, chunk_texts=4)
+    assert encoder.calls == [calls[2]] and (resumed.hits, resumed.embedded) == (8, 1)
+    np.testing.assert_allclose(resumed.vectors, embed_texts(texts, progress=False), atol=1e-5)
+
+
+def test_large_shards_are_read_a_row_group_at_a_time_whatever_wrote_them(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from trainer.embedding_cache import SHARD_ROW_GROUP
+
+    store = ArtifactStore(str(tmp_path))
+    encoder = embedding_model_id()
+    cache = EmbeddingCache(store, encoder)
+    rows = 2 * SHARD_ROW_GROUP + 5
+    digests = [i.to_bytes(32, "big") for i in range(rows)]
+    vectors = np.random.default_rng(0).random((rows, encoder.dimension), dtype=np.float32)
+    cache.add(digests[: rows // 2], vectors[: rows // 2])
+    shard = next((tmp_path / "embeddings").rglob("*.parquet"))
+    assert pq.ParquetFile(shard).metadata.num_row_groups > 1
+    # A shard as the first version wrote them: one row group, rows unsorted.
+    table = pa.table(
+        {
+            "text_sha256": pa.array(digests[rows // 2 :][::-1], type=pa.binary(32)),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors[rows // 2 :][::-1].reshape(-1)), encoder.dimension),
+        }
+    )
+    pq.write_table(table, tmp_path / cache.prefix / ("0" * 64 + ".parquet"))
+
+    wanted = digests[::3] + [b"\xff" * 32]
+    found = cache.lookup(wanted)
+    assert set(found) == set(digests[::3])
+    for i in range(0, rows, 3):
+        assert np.array_equal(found[digests[i]], vectors[i])
 
 
 def test_another_encoder_never_gets_these_vectors(tmp_path):

@@ -270,10 +270,31 @@ def _example_source(as_of, from_snapshot, from_csv):
     return DatabaseSource(parse_as_of(as_of) if as_of else None)
 
 
+SOURCE_OPTIONS = ("as_of", "from_snapshot", "from_csv")
+
+
+def run_options(command):
+    """The options that say what a run trains and on which examples (train and
+    request): the command gets them as one dict, ``run_options``, which
+    :func:`_run_spec` turns into the run's arguments and source."""
+
+    @functools.wraps(command)
+    def collected(*args, **kwargs):
+        options = {name: kwargs.pop(name) for name in (*TRAINING_OPTIONS, *SOURCE_OPTIONS)}
+        return command(*args, run_options=options, **kwargs)
+
+    return training_options(source_options(collected))
+
+
+def _run_spec(options: dict):
+    """(TrainingArguments, ExampleSource) of the ``run_options`` a command got."""
+    args = _training_arguments(*(options[name] for name in TRAINING_OPTIONS))
+    return args, _example_source(*(options[name] for name in SOURCE_OPTIONS))
+
+
 @cli.command()
 @target_option
-@training_options
-@source_options
+@run_options
 @click.option(
     "--training-run",
     "training_run",
@@ -284,21 +305,7 @@ def _example_source(as_of, from_snapshot, from_csv):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 @user_errors
-def train(
-    ctx,
-    target,
-    model_name,
-    confidence_threshold,
-    seed,
-    batch_size,
-    embedding_cache,
-    embedding_backend,
-    as_of,
-    from_snapshot,
-    from_csv,
-    training_run,
-    quiet,
-):
+def train(ctx, target, run_options, training_run, quiet):
     """Train a model and record the run, its snapshot, metrics and model version.
 
     Reads the accepted examples built by dbt (datasets.training_examples),
@@ -327,7 +334,7 @@ def train(
         if training_run is not None:
             given = [
                 "--" + name.replace("_", "-")
-                for name in (*TRAINING_OPTIONS, "as_of", "from_snapshot", "from_csv")
+                for name in run_options
                 if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
             ]
             if given:
@@ -336,10 +343,7 @@ def train(
                 )
             result = run_queued(training_run, settings, progress=_progress(quiet))
         else:
-            args = _training_arguments(
-                model_name, confidence_threshold, seed, batch_size, embedding_cache, embedding_backend
-            )
-            source = _example_source(as_of, from_snapshot, from_csv)
+            args, source = _run_spec(run_options)
             result = train_model(args, settings, progress=_progress(quiet), source=source)
     version = result.model_version
     click.echo(
@@ -355,21 +359,9 @@ def train(
 
 @cli.command()
 @target_option
-@training_options
-@source_options
+@run_options
 @user_errors
-def request(
-    target,
-    model_name,
-    confidence_threshold,
-    seed,
-    batch_size,
-    embedding_cache,
-    embedding_backend,
-    as_of,
-    from_snapshot,
-    from_csv,
-):
+def request(target, run_options):
     """Queue a training run and print its id; a worker runs it.
 
     The run is recorded as `queued` with its params (including where its
@@ -378,10 +370,7 @@ def request(
     """
     from trainer.work_queue import request_run
 
-    args = _training_arguments(
-        model_name, confidence_threshold, seed, batch_size, embedding_cache, embedding_backend
-    )
-    source = _example_source(as_of, from_snapshot, from_csv)
+    args, source = _run_spec(run_options)
     click.echo(request_run(args, Settings.from_env(target=target), source))
 
 

@@ -171,7 +171,8 @@ def _train_run(
     embedded = embed_with_cache(
         texts,
         cache,
-        lambda distinct: embed_texts(distinct, batch_size=args.embedding_batch_size, progress=progress, backend=backend),
+        lambda distinct: embed_texts(distinct, batch_size=args.embedding_batch_size, progress=False, backend=backend),
+        progress=progress,
     )
     # Not under "embedding_cache": that key is the TrainingArguments switch.
     store.add_params(run_id, {"embedding_cache_hits": embedded.hits, "embedded_texts": embedded.embedded})
