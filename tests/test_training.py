@@ -68,18 +68,29 @@ def test_every_metric_is_written_overall_and_per_label(trained):
     )
     assert {row[0] for row in rows} == {first.model_version.model_version_id}
     eval_labels = {label for (label,) in space.query("select distinct label from datasets.training_examples where split = 'eval'")}
+    curve = {f"risk_at_coverage:{step / 10:.2f}" for step in range(1, 11)}
+    threshold = {"target_precision", "threshold_at_target_precision", "coverage_at_target_precision",
+                 "precision_at_target_precision"}
     for split in ("eval", "train"):
         overall = {name: value for _, s, name, label, value in rows if s == split and label is None}
-        assert set(overall) == {"accuracy", "macro_f1", "coverage", "selective_accuracy"}
-        assert all(0.0 <= value <= 1.0 for value in overall.values())
+        expected = {"accuracy", "macro_f1", "coverage", "selective_accuracy", "aurc"} | curve
+        assert set(overall) == (expected | threshold if split == "eval" else expected)
+        assert all(value is None or 0.0 <= value <= 1.0 for value in overall.values())
         per_label = [(name, label, value) for _, s, name, label, value in rows if s == split and label is not None]
+        confusion = [(name, label, value) for name, label, value in per_label if name.startswith("predicted_as:")]
+        per_label = [row for row in per_label if not row[0].startswith("predicted_as:")]
         labels = {label for _, label, _ in per_label}
         if split == "eval":
             assert eval_labels <= labels
         for label in labels:
             assert {name for name, l, _ in per_label if l == label} == {"precision", "recall", "f1", "support"}
-        support = sum(value for name, _, value in per_label if name == "support")
-        assert support == space.query("select count(*) from datasets.training_examples where split = ?", [split])[0][0]
+        support = {label: value for name, label, value in per_label if name == "support"}
+        examples = space.query("select count(*) from datasets.training_examples where split = ?", [split])[0][0]
+        assert sum(support.values()) == examples
+        # Each true label's row of the confusion matrix adds up to its support.
+        for label, count in support.items():
+            assert sum(value for _, true_label, value in confusion if true_label == label) == count
+        assert math.isclose(overall["risk_at_coverage:1.00"], 1 - overall["accuracy"], abs_tol=1e-12)
 
 
 def test_stored_metrics_match_the_stored_model_on_the_eval_split(trained):
@@ -178,3 +189,34 @@ def test_an_unwritable_artifact_store_leaves_no_model_version(workspace, tmp_pat
     with pytest.raises(TrainingFailed, match="cannot write artifact"):
         train(TrainingArguments(), settings, progress=False)
     assert_failed_run_only(space, "cannot write artifact")
+
+
+def analyst_queries() -> list[str]:
+    """The SQL statements of docs/USER_GUIDE.md's "Queries for analysts"."""
+    from pathlib import Path
+
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "USER_GUIDE.md").read_text(encoding="utf-8")
+    section = guide[guide.index("## 5. Queries for analysts"):]
+    block = section[section.index("```sql") + len("```sql"): section.index("```", section.index("```sql") + 6)]
+    statements = []
+    for statement in block.split(";"):
+        lines = [line for line in statement.splitlines() if line.strip() and not line.strip().startswith("--")]
+        if lines:
+            statements.append("\n".join(lines))
+    return statements
+
+
+def test_the_user_guides_queries_for_analysts_run_on_both_engines(trained):
+    space, first, _ = trained
+    statements = analyst_queries()
+    assert len(statements) >= 9
+    results = {}
+    for statement in statements:
+        # The guide's examples name run 1 and the demo's model; here they are this fixture's.
+        adapted = statement.replace("run_id = 1", f"run_id = {first.run_id}").replace("'segment-labeler'", "'funsd'")
+        results[statement] = space.query(adapted)
+    confusion = next(rows for sql, rows in results.items() if "predicted_label" in sql)
+    eval_examples = space.query("select count(*) from datasets.training_examples where split = 'eval'")[0][0]
+    assert sum(row[2] for row in confusion) == eval_examples
+    curve = next(rows for sql, rows in results.items() if "aurc" in sql)
+    assert {name for name, _ in curve} >= {"aurc", "risk_at_coverage:1.00", "threshold_at_target_precision"}

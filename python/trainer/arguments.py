@@ -45,6 +45,11 @@ class TrainingArguments:
             the model (seconds, once; see ``TRAINER_ENCODER_CACHE``). The
             model records its backend and predicts with it; cached vectors are
             kept per backend.
+        target_precision: The eval split's metrics name the lowest confidence
+            threshold at which the predictions it covers are at least this
+            right (``threshold_at_target_precision``, with the coverage and
+            precision it gives): where to set ``confidence_threshold`` for
+            that precision. It changes no prediction.
     """
 
     model_name: str = DEFAULT_MODEL_NAME
@@ -56,6 +61,7 @@ class TrainingArguments:
     max_iter: int = 2000
     embedding_cache: bool = True
     embedding_backend: str = DEFAULT_EMBEDDING_BACKEND
+    target_precision: float = 0.9
 
     def __post_init__(self) -> None:
         if not MODEL_NAME_PATTERN.match(self.model_name or ""):
@@ -76,6 +82,10 @@ class TrainingArguments:
         if not isinstance(self.embedding_cache, bool):
             raise ConfigurationError("embedding_cache must be true or false")
         check_backend(self.embedding_backend)
+        if isinstance(self.target_precision, bool) or not isinstance(self.target_precision, (int, float)) or not (
+            0.0 < self.target_precision <= 1.0
+        ):
+            raise ConfigurationError(f"target precision {self.target_precision!r} is not in (0, 1]")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

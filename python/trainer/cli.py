@@ -173,7 +173,15 @@ def load_demo_command(target, app_schema):
         click.echo(f"  {settings.app_schema}.{table}: {report.inserted[table]} inserted ({total} in the demo)")
 
 
-TRAINING_OPTIONS = ("model_name", "confidence_threshold", "seed", "batch_size", "embedding_cache", "embedding_backend")
+TRAINING_OPTIONS = (
+    "model_name",
+    "confidence_threshold",
+    "seed",
+    "batch_size",
+    "embedding_cache",
+    "embedding_backend",
+    "target_precision",
+)
 
 
 def training_options(command):
@@ -192,6 +200,14 @@ def training_options(command):
         "the figures. The first use on a machine exports the model once (seconds; kept under "
         "TRAINER_ENCODER_CACHE). Cached vectors are kept per backend, and the model predicts with the "
         "backend it was trained with.",
+    )(command)
+    command = click.option(
+        "--target-precision",
+        type=click.FloatRange(0.0, 1.0, min_open=True),
+        default=0.9,
+        show_default=True,
+        help="The eval metrics name the lowest confidence threshold whose covered predictions are at least "
+        "this right (threshold_at_target_precision, with its coverage and precision).",
     )(command)
     command = click.option(
         "--embedding-cache/--no-embedding-cache",
@@ -216,7 +232,9 @@ def training_options(command):
     return model_name_option(command)
 
 
-def _training_arguments(model_name, confidence_threshold, seed, batch_size, embedding_cache, embedding_backend):
+def _training_arguments(
+    model_name, confidence_threshold, seed, batch_size, embedding_cache, embedding_backend, target_precision
+):
     from trainer.arguments import TrainingArguments
 
     return TrainingArguments(
@@ -226,6 +244,7 @@ def _training_arguments(model_name, confidence_threshold, seed, batch_size, embe
         embedding_batch_size=batch_size,
         embedding_cache=embedding_cache,
         embedding_backend=embedding_backend,
+        target_precision=target_precision,
     )
 
 
@@ -679,10 +698,19 @@ def _echo_metrics(metrics) -> None:
             continue
         overall = {metric.name: metric.value for metric in rows if metric.label is None}
         click.echo(f"\n{split} split")
-        for name in ("accuracy", "macro_f1", "coverage", "selective_accuracy"):
+        for name in ("accuracy", "macro_f1", "coverage", "selective_accuracy", "aurc"):
             if name in overall:
                 click.echo(f"  {name:<19} {_number(overall[name])}")
-        labels = sorted({metric.label for metric in rows if metric.label is not None})
+        if "target_precision" in overall:
+            threshold = overall.get("threshold_at_target_precision")
+            reached = (
+                f"threshold {_number(threshold)} covers {_number(overall.get('coverage_at_target_precision'))} "
+                f"at precision {_number(overall.get('precision_at_target_precision'))}"
+                if threshold is not None
+                else "no threshold reaches it"
+            )
+            click.echo(f"  precision {_number(overall['target_precision'])}: {reached}")
+        labels = sorted({metric.label for metric in rows if metric.name == "support"})
         click.echo(f"  {'label':<12} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}")
         for label in labels:
             figures = {metric.name: metric.value for metric in rows if metric.label == label}

@@ -202,6 +202,7 @@ def _train_run(
             classifier.labels,
             args.confidence_threshold,
             split,
+            target_precision=args.target_precision if split == "eval" else None,
         )
 
     directory = f"models/{args.model_name}/run-{run_id}-{uuid.uuid4().hex[:12]}"

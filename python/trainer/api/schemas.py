@@ -270,6 +270,14 @@ class TrainingRequest(BaseModel):
         "exported to ONNX, float32: same vectors up to rounding), onnx-int8 (int8 weights: fastest, vectors "
         "slightly off; docs/BENCHMARKS.md). The model predicts with the same backend.",
     )
+    target_precision: JsonFloat = Field(
+        0.9,
+        gt=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="The eval metrics name the lowest confidence threshold whose covered predictions are at "
+        "least this right (threshold_at_target_precision).",
+    )
     source: Annotated[LiveSource | SnapshotSourceIn, Field(discriminator="kind")] = Field(
         default_factory=lambda: LiveSource(kind="database"),
         description="Default: the live datasets when the run starts.",
