@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -88,6 +89,18 @@ class Workspace:
     @property
     def artifacts(self) -> Path:
         return self.root / "artifacts"
+
+    def copy_database(self, root: Path) -> Workspace:
+        """A workspace at ``root`` whose database is a copy of this one's (its blob store is empty)."""
+        if self.target == "duckdb":
+            copy = Workspace(root)
+            shutil.copyfile(self.duckdb_path, copy.duckdb_path)
+            return copy
+        copy = Workspace(root, "postgres", self.server.create_database(), self.server)
+        with self.server.connect() as connection:
+            connection.execute(f'drop database "{copy.pg_database}"')
+            connection.execute(f'create database "{copy.pg_database}" template "{self.pg_database}"')
+        return copy
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)

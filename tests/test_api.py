@@ -547,14 +547,7 @@ def test_an_altered_snapshot_is_refused(api):
 def test_a_database_that_went_away_answers_503(api, tmp_path):
     """A second server on a copy of the database, which is then taken away."""
     space = api.space
-    if space.target == "duckdb":
-        copy = Workspace(tmp_path, "duckdb")
-        shutil.copyfile(space.duckdb_path, copy.duckdb_path)
-    else:
-        copy = Workspace(tmp_path, "postgres", space.server.create_database(), space.server)
-        with space.server.connect() as connection:
-            connection.execute(f'drop database "{copy.pg_database}"')
-            connection.execute(f'create database "{copy.pg_database}" template "{space.pg_database}"')
+    copy = space.copy_database(tmp_path)
     with running_api(copy.env(TRAINER_ARTIFACTS_URL=space.settings().artifacts_url), TOKENS) as server:
         with server.client() as client:
             assert client.get("/training-runs").status_code == 200

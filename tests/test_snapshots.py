@@ -93,14 +93,7 @@ def test_a_tampered_snapshot_is_refused(trained, tmp_path):
 def trained_copy(trained, tmp_path, request) -> Workspace:
     """An independent copy of the trained workspace (database and blob store)."""
     space, first, second = trained
-    if space.target == "duckdb":
-        copy = Workspace(tmp_path)
-        shutil.copyfile(space.duckdb_path, copy.duckdb_path)
-    else:
-        copy = Workspace(tmp_path, "postgres", space.server.create_database(), space.server)
-        with space.server.connect() as connection:
-            connection.execute(f'drop database "{copy.pg_database}"')
-            connection.execute(f'create database "{copy.pg_database}" template "{space.pg_database}"')
+    copy = space.copy_database(tmp_path)
     shutil.copytree(space.artifacts, copy.artifacts)
     # Stored URIs name the original store; point the copy's rows at its own.
     for table in ("training_runs", "model_versions"):

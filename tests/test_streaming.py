@@ -47,14 +47,7 @@ def trained_views(trained, tmp_path) -> tuple[Workspace, Workspace, object]:
     """A copy of the session's trained workspace (database with its views and runs),
     with a new blob store holding only the embedding cache: no snapshot yet."""
     space, first, _ = trained
-    if space.target == "duckdb":
-        copy = Workspace(tmp_path)
-        shutil.copyfile(space.duckdb_path, copy.duckdb_path)
-    else:
-        copy = Workspace(tmp_path, "postgres", space.server.create_database(), space.server)
-        with space.server.connect() as connection:
-            connection.execute(f'drop database "{copy.pg_database}"')
-            connection.execute(f'create database "{copy.pg_database}" template "{space.pg_database}"')
+    copy = space.copy_database(tmp_path)
     shutil.copytree(space.artifacts / "embeddings", copy.artifacts / "embeddings")
     return space, copy, first
 
