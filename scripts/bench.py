@@ -53,7 +53,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pyarrow as pa
-from benchmark_docs import describe_machine, write_section
+from benchmark_docs import describe_machine, run_header, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -950,11 +950,7 @@ def render(args, command: str, invoked: str, info: dict[str, str], engine_result
             "creates the views without the data tests."
         ),
         "",
-        f"- Date: {date}",
-        f"- Machine: {info['nproc']} CPUs ({info['cpu']}), {info['ram']} RAM, Linux {info['kernel']}",
-        f"- Python {info['python']}; " + ", ".join(f"{lib} {info[lib]}" for lib in LIBRARIES)
-        + f"; PostgreSQL server {info['postgres']}",
-        f"- Command: `{command}`" + (f" (invoked as `{invoked}`)" if invoked != command else ""),
+        *run_header(date, info, LIBRARIES, command, invoked, also=f"; PostgreSQL server {info['postgres']}"),
         f"- Whole run, including generating and loading the data: {elapsed:.0f} s ({elapsed / 60:.1f} min)",
         (
             f"- CPU time of other processes meanwhile (machine busy time from /proc/stat minus this benchmark's "

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-from benchmark_docs import describe_machine, write_section
+from benchmark_docs import describe_machine, run_header, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 START_MARKER = "<!-- bench_api:start -->"
@@ -283,10 +283,7 @@ def render(results: list[Measurement], baseline: dict[str, dict[str, int]], comm
             "to the current RSS (`echo 5 > /proc/<pid>/clear_refs`) just before the request."
         ),
         "",
-        f"- Date: {date}",
-        f"- Machine: {info['nproc']} CPUs ({info['cpu']}), {info['ram']} RAM, Linux {info['kernel']}",
-        f"- Python {info['python']}; " + ", ".join(f"{name} {info[name]}" for name in LIBRARIES),
-        f"- Command: `{command}`" + (f" (invoked as `{invoked}`)" if invoked != command else ""),
+        *run_header(date, info, LIBRARIES, command, invoked),
         f"- Whole run, including generating the datasets: {elapsed:.0f} s",
         (
             f"- Peak reset: {'works' if peak_resets else 'DID NOT WORK: peaks below are since the server started'} "

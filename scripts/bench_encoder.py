@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmark_docs import describe_machine, write_section
+from benchmark_docs import describe_machine, run_header, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -273,10 +273,7 @@ def render(results: dict[str, BackendResult], texts: int, examples: tuple[int, i
             "empty encoder cache; later processes reuse it."
         ),
         "",
-        f"- Date: {date}",
-        f"- Machine: {info['nproc']} CPUs ({info['cpu']}), {info['ram']} RAM, Linux {info['kernel']}",
-        f"- Python {info['python']}; " + ", ".join(f"{name} {info[name]}" for name in LIBRARIES),
-        f"- Command: `{command}`" + (f" (invoked as `{invoked}`)" if invoked != command else ""),
+        *run_header(date, info, LIBRARIES, command, invoked),
         (
             f"- Load average (1, 5, 15 min) at the start {', '.join(f'{x:.1f}' for x in load[0])}, at the end "
             f"{', '.join(f'{x:.1f}' for x in load[1])}: other work was running on the machine; it slows every "

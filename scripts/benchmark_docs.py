@@ -34,6 +34,18 @@ def describe_machine(libraries: tuple[str, ...]) -> dict[str, str]:
     return info
 
 
+def run_header(date: str, info: dict[str, str], libraries: tuple[str, ...], command: str, invoked: str,
+               also: str = "") -> list[str]:
+    """The Date, Machine, software and Command lines that open every section; ``also`` is
+    appended to the software line (e.g. a database server's version)."""
+    return [
+        f"- Date: {date}",
+        f"- Machine: {info['nproc']} CPUs ({info['cpu']}), {info['ram']} RAM, Linux {info['kernel']}",
+        f"- Python {info['python']}; " + ", ".join(f"{name} {info[name]}" for name in libraries) + also,
+        f"- Command: `{command}`" + (f" (invoked as `{invoked}`)" if invoked != command else ""),
+    ]
+
+
 def write_section(output: Path, section: str, start_marker: str, end_marker: str) -> None:
     """Replace the text between the markers (the previous run's section) with ``section``,
     which holds both markers; append it when the file has none yet. Other sections stay."""
