@@ -68,6 +68,10 @@ echo "==> Training"
 python -m trainer train
 
 echo
+echo "==> The run's report (confusion matrix, per-label figures, risk-coverage, label issues)"
+python -m trainer report latest
+
+echo
 echo "Done. The database holds the app's tables (app), the dataset views (datasets) and the results (training):"
 echo "  .venv/bin/python -m trainer runs --target $target"
 echo "  .venv/bin/python -m trainer show model segment-labeler latest --target $target   # lineage down to the snapshot"

@@ -325,7 +325,9 @@ def test_a_model_version_downloads_as_a_checked_archive_and_is_audited(api, tmp_
     assert manifest["run_id"] == run.run_id and manifest["dataset_fingerprint"] == run.dataset_fingerprint
     assert manifest["snapshot_sha256"] == run.snapshot_sha256
     assert manifest["library_versions"] == run.params["library_versions"]
-    assert set(manifest["files"]) == {"model/model.json", "model/head.skops"}
+    model_files = json.loads((tmp_path / "model" / "model.json").read_text())["files"]
+    assert set(manifest["files"]) == {"model/model.json"} | {f"model/{name}" for name in model_files}
+    assert "model/head.skops" in manifest["files"] and "model/predictions.parquet" not in manifest["files"]
     for name, entry in manifest["files"].items():
         assert hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() == entry["sha256"]
     assert manifest["files"]["model/model.json"]["sha256"] == version.artifact_sha256

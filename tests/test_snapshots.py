@@ -121,7 +121,10 @@ def test_retraining_from_a_snapshot_reproduces_predictions_and_metrics_without_t
     original = SegmentClassifier.load(ArtifactStore(str(space.artifacts)), first.model_version.artifact_uri)
     replayed = SegmentClassifier.load(ArtifactStore(str(trained_copy.artifacts)), replay.model_version.artifact_uri)
     assert original.labels == replayed.labels
-    np.testing.assert_array_equal(original.head.coef_, replayed.head.coef_)
+    np.testing.assert_array_equal(original.head[-1].coef_, replayed.head[-1].coef_)
+    for name, head in original.text_heads.items():
+        ours, theirs = (getattr(model, "steps", [[None, model]])[-1][1] for model in (head, replayed.text_heads[name]))
+        np.testing.assert_array_equal(ours.coef_, theirs.coef_)
     texts = ["Date:", "TO: R. J. Reynolds", "Phone (212) 555-0199", "CONFIDENTIAL"]
     labels_a, confidence_a = original.predict(texts)
     labels_b, confidence_b = replayed.predict(texts)

@@ -30,7 +30,8 @@ from trainer.errors import ConfigurationError, DatasetError
 from trainer.results_store import ResultsStore
 from trainer.snapshots import ROW_GROUP_ROWS, snapshot_bytes
 from trainer.synthetic import synthetic_examples
-from trainer.training import _fit_head, train
+from trainer.model_fitting import new_text_head
+from trainer.training import train
 from trainer.training_data import collect_examples, fit_layout, text_probabilities
 
 
@@ -76,8 +77,12 @@ def test_a_run_read_in_small_batches_records_what_a_whole_table_read_gives(train
     assert metric_rows(copy, result.run_id) == metric_rows(space, first.run_id)
     ours = SegmentClassifier.load(ArtifactStore(str(copy.artifacts)), result.model_version.artifact_uri)
     theirs = SegmentClassifier.load(ArtifactStore(str(space.artifacts)), first.model_version.artifact_uri)
-    np.testing.assert_array_equal(ours.head.coef_, theirs.head.coef_)
-    np.testing.assert_array_equal(ours.head.intercept_, theirs.head.intercept_)
+    for model in ("head", *ours.text_heads):
+        mine = ours.head if model == "head" else ours.text_heads[model]
+        other = theirs.head if model == "head" else theirs.text_heads[model]
+        mine, other = (getattr(fitted, "steps", [[None, fitted]])[-1][1] for fitted in (mine, other))
+        np.testing.assert_array_equal(mine.coef_, other.coef_)
+        np.testing.assert_array_equal(mine.intercept_, other.intercept_)
     assert not list(copy.artifacts.rglob("*.partial-*"))
 
 
@@ -141,8 +146,8 @@ def test_the_fit_on_grouped_rows_is_the_fit_on_one_row_per_example():
     # The trainer's own head, at its own tolerance: the same predictions.
     for class_weight in ("none", "balanced"):
         args = TrainingArguments(class_weight=class_weight)
-        grouped = _fit_head(distinct, list(labels), args, sample_weight=counts)
-        expanded = _fit_head(repeated, list(repeated_labels), args)
+        grouped = new_text_head(args).fit(distinct, list(labels), sample_weight=counts)
+        expanded = new_text_head(args).fit(repeated, list(repeated_labels))
         np.testing.assert_allclose(grouped.predict_proba(distinct), expanded.predict_proba(distinct), atol=1e-3)
 
 

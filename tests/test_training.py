@@ -12,7 +12,7 @@ import pytest
 from conftest import Workspace, prepared_workspace
 from trainer.arguments import TrainingArguments
 from trainer.artifacts import ArtifactStore, sha256_hex
-from trainer.classifier import SegmentClassifier
+from trainer.classifier import SegmentClassifier, SegmentRows
 from trainer.dataset import dataset_fingerprint, read_training_examples
 from trainer.errors import TrainingFailed
 from trainer.training import train
@@ -98,9 +98,13 @@ def test_stored_metrics_match_the_stored_model_on_the_eval_split(trained):
     space, first, _ = trained
     store = ArtifactStore(str(space.artifacts))
     classifier = SegmentClassifier.load(store, first.model_version.artifact_uri, first.model_version.artifact_sha256)
-    rows = space.query("select text, label from datasets.training_examples where split = 'eval' order by annotation_id")
-    predicted, confidence = classifier.predict([text for text, _ in rows], progress=False)
-    truth = np.array([label for _, label in rows])
+    rows = space.query(
+        "select document_id, page, x0, y0, x1, y1, text, label from datasets.training_examples "
+        "where split = 'eval' order by annotation_id"
+    )
+    where = SegmentRows([row[0] for row in rows], [row[1] for row in rows], np.array([row[2:6] for row in rows], dtype=float))
+    predicted, confidence = classifier.predict([row[6] for row in rows], progress=False, rows=where)
+    truth = np.array([row[7] for row in rows])
     predicted = np.array(predicted)
     covered = confidence >= classifier.confidence_threshold
     expected = {

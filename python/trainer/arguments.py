@@ -8,9 +8,14 @@ from typing import Any
 
 from trainer.embeddings import DEFAULT_EMBEDDING_BACKEND, check_backend
 from trainer.errors import ConfigurationError
+from trainer.segment_model import FeatureSet
 
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 DEFAULT_MODEL_NAME = "segment-labeler"
+_SWITCHES = (
+    "embedding_cache", "embedding_features", "char_ngram_features", "layout_features", "neighbour_features",
+    "label_issues", "fine_tune",
+)  # fmt: skip
 
 
 @dataclass
@@ -50,6 +55,39 @@ class TrainingArguments:
             right (``threshold_at_target_precision``, with the coverage and
             precision it gives): where to set ``confidence_threshold`` for
             that precision. It changes no prediction.
+        embedding_features: Use the sentence embedding of the text (a
+            logistic regression on it is one of the text models).
+        char_ngram_features: Use the text's character 2–4-grams (hashed,
+            sublinear tf-idf; a second text model): spelling, digits and
+            punctuation the embedding blurs.
+        layout_features: Use where the segment sits on its page: its box
+            relative to the page, its size, its place in reading order.
+        neighbour_features: Use the nearest segments left, right, above and
+            below on the same page: their position and size relative to the
+            segment, their text statistics and the text models' probabilities
+            of their text (never their labels).
+            With layout or neighbour features, or both text models, a
+            second stage (a logistic regression) combines everything
+            (trainer.segment_model); with one text model alone, that model's
+            logistic regression is the model.
+        stacking_folds: Document folds over the train split. The second stage
+            learns from text-model probabilities cross-fitted over them, and
+            the label-quality check uses them to judge every train example by
+            a model that did not see its document. Capped at the number of
+            train documents.
+        label_issues: Look for examples whose accepted label the model finds
+            most unlikely (trainer.label_issues) and record them in
+            ``training.label_issues``. Costs one more fit per fold.
+        max_label_issues: At most this many label issues are recorded per
+            run, most unlikely first.
+        fine_tune: Fine-tune the sentence encoder on the train split first
+            (``train-st``; trainer.fine_tuning: SetFit-style pairs of texts
+            with the same and with different labels), then embed with it. The
+            encoder is saved with the model (safetensors) and predicts with it.
+            Needs the embedding features and the ``torch`` backend.
+        fine_tune_max_pairs: Pairs the encoder is fine-tuned on, at most.
+        fine_tune_max_seconds: Wall-clock cap of the fine-tuning loop; it stops
+            after the step that crosses it.
     """
 
     model_name: str = DEFAULT_MODEL_NAME
@@ -62,6 +100,16 @@ class TrainingArguments:
     embedding_cache: bool = True
     embedding_backend: str = DEFAULT_EMBEDDING_BACKEND
     target_precision: float = 0.9
+    embedding_features: bool = True
+    char_ngram_features: bool = True
+    layout_features: bool = True
+    neighbour_features: bool = True
+    stacking_folds: int = 5
+    label_issues: bool = True
+    max_label_issues: int = 1000
+    fine_tune: bool = False
+    fine_tune_max_pairs: int = 2000
+    fine_tune_max_seconds: float = 420.0
 
     def __post_init__(self) -> None:
         if not MODEL_NAME_PATTERN.match(self.model_name or ""):
@@ -79,13 +127,51 @@ class TrainingArguments:
             raise ConfigurationError(f"class weight {self.class_weight!r} is not 'balanced' or 'none'")
         if self.max_iter < 1:
             raise ConfigurationError("max_iter must be at least 1")
-        if not isinstance(self.embedding_cache, bool):
-            raise ConfigurationError("embedding_cache must be true or false")
         check_backend(self.embedding_backend)
         if isinstance(self.target_precision, bool) or not isinstance(self.target_precision, (int, float)) or not (
             0.0 < self.target_precision <= 1.0
         ):
             raise ConfigurationError(f"target precision {self.target_precision!r} is not in (0, 1]")
+        for name in _SWITCHES:
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigurationError(f"{name} must be true or false")
+        if not (self.embedding_features or self.char_ngram_features):
+            raise ConfigurationError(
+                "a model needs at least one text model: keep embedding_features or char_ngram_features on"
+            )
+        for name in ("stacking_folds", "max_label_issues"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigurationError(f"{name} must be an integer, not {value!r}")
+        if self.stacking_folds < 2:
+            raise ConfigurationError("stacking_folds must be at least 2")
+        if self.max_label_issues < 0:
+            raise ConfigurationError("max_label_issues must be 0 or more")
+        if self.fine_tune:
+            if not self.embedding_features:
+                raise ConfigurationError("fine-tuning needs the embedding features: drop --no-embedding")
+            if self.embedding_backend != "torch":
+                raise ConfigurationError(
+                    f"fine-tuning embeds with torch; embedding backend {self.embedding_backend!r} runs the installed "
+                    "weights only"
+                )
+        self.fine_tune_settings()  # refuses unusable caps now, not after the examples are read
+
+    def fine_tune_settings(self):
+        from trainer.fine_tuning import FineTuneSettings
+
+        return FineTuneSettings(
+            max_pairs=self.fine_tune_max_pairs, max_seconds=self.fine_tune_max_seconds, seed=self.seed
+        )
+
+    @property
+    def features(self) -> FeatureSet:
+        return FeatureSet(
+            embedding=self.embedding_features,
+            char_ngrams=self.char_ngram_features,
+            layout=self.layout_features,
+            neighbours=self.neighbour_features,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -221,6 +221,10 @@ class ArtifactStore:
                 if self._bucket_is_missing(exc):
                     raise
 
+    def relative_path(self, uri: str) -> str:
+        """The path of a URI inside the store, relative to its root."""
+        return self._relative(self.path_of(uri))
+
     def join(self, uri: str, name: str) -> str:
         """The URI of ``name`` inside the directory ``uri`` (both inside the store)."""
         return self.fs.unstrip_protocol(posixpath.join(self.path_of(uri), name))

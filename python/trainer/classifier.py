@@ -1,16 +1,23 @@
-"""The segment classifier: frozen sentence embeddings and a scikit-learn head.
+"""The segment classifier: text models over frozen sentence embeddings and
+character n-grams, and a second stage over layout and neighbours (trainer.segment_model).
 
-Saved without pickle: the head with skops (loaded with only skops' default-trusted
-types), the encoder named by its weights' sha256 and the backend that ran it
-(``embedding_backend``; a manifest without it predates backends: ``torch``), and a
-JSON manifest written last that lists every file with its sha256. A directory
-without a manifest is incomplete.
+Saved without pickle: every fitted scikit-learn object with skops, loaded with
+only skops' default-trusted types; the encoder named by its weights' sha256 and the backend
+that ran it (``embedding_backend``; a manifest without it predates backends:
+``torch``); and a JSON manifest written last that lists every file with its
+sha256. A directory without a manifest is incomplete.
+
+Format 1 (before the feature families) is one logistic regression on the
+embedding in ``head.skops``; it still loads, as a model of the embedding alone.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,42 +29,133 @@ from trainer.embeddings import (
     EmbeddingModelId,
     embed_texts,
     embedding_model_id,
+    encoder_cache_root,
+    fine_tuned_model_id,
 )
 from trainer.errors import ArtifactError
+from trainer.segment_features import Segments, text_statistics
+from trainer.segment_model import FeatureSet, label_aligned, stage_two_features
 
 MANIFEST = "model.json"
 HEAD_FILE = "head.skops"
+ENCODER_DIRECTORY = "encoder"
 FORMAT = "training-db-pipeline/segment-classifier"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
+EMBEDDING_ONLY = FeatureSet(embedding=True, char_ngrams=False, layout=False, neighbours=False)
 # The manifest's own keys; the others are the metadata it was saved with.
 _OWN_KEYS = frozenset(
-    {"format", "format_version", "labels", "confidence_threshold", "embedding_model", "embedding_backend", "head", "files"}
-)
+    {
+        "format", "format_version", "labels", "confidence_threshold", "embedding_model", "embedding_backend",
+        "head", "files", "features", "text_models", "encoder",
+    }
+)  # fmt: skip
+
+
+def text_model_file(name: str) -> str:
+    return f"text-{name.replace('_', '-')}.skops"
+
+
+@dataclass(frozen=True)
+class SegmentRows:
+    """Where the segments to label are, as given (e.g. a CSV's optional columns).
+
+    A row without a document_id is a page of its own (it has no neighbours); a
+    row without a page is on page 0 of its document; a missing coordinate makes
+    the box unknown (no layout, never a neighbour).
+    """
+
+    document_ids: list[str | None] | None = None
+    pages: list[int | None] | None = None
+    boxes: np.ndarray | None = None  # (n, 4) x0, y0, x1, y1; NaN when unknown
+
+    def segments(self, text_index: np.ndarray) -> Segments:
+        n = len(text_index)
+        codes: dict[str, int] = {}
+        document = np.arange(n, dtype=np.int64) + (1 << 40)  # each row its own document…
+        if self.document_ids is not None:
+            for row, document_id in enumerate(self.document_ids):
+                if document_id is not None and document_id != "":
+                    document[row] = codes.setdefault(document_id, len(codes))  # …unless it names one
+        page = np.zeros(n, dtype=np.int64)
+        if self.pages is not None:
+            page[:] = [0 if value is None else int(value) for value in self.pages]
+        boxes = np.full((n, 4), np.nan) if self.boxes is None else np.asarray(self.boxes, dtype=np.float64)
+        boxes = np.where(np.isnan(boxes).any(axis=1, keepdims=True), np.nan, boxes)
+        return Segments(document, page, boxes, text_index)
 
 
 @dataclass
 class SegmentClassifier:
+    # What gives the final probabilities: the second stage, or the only text model.
     head: Any
     embedding_model: EmbeddingModelId
     confidence_threshold: float
     metadata: dict[str, Any] = field(default_factory=dict)
     # What ran the encoder at training; predictions use the same (trainer.embeddings).
     embedding_backend: str = DEFAULT_EMBEDDING_BACKEND
+    features: FeatureSet = EMBEDDING_ONLY
+    # Every text model's head by name (trainer.segment_model.TEXT_MODELS); when
+    # empty, ``head`` is the only text model's.
+    text_heads: dict[str, Any] = field(default_factory=dict)
+    # A fine-tuned encoder (trainer.fine_tuning): the local directory it is in.
+    # Saved under ENCODER_DIRECTORY/ with the model; None: the installed encoder.
+    encoder_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.text_heads:
+            self.text_heads = {self.features.text_models[0]: self.head}
 
     @property
     def labels(self) -> list[str]:
         return [str(label) for label in self.head.classes_]
 
     def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
-        """Class probabilities, columns in the order of :attr:`labels`."""
-        return self.head.predict_proba(embeddings)
+        """The embedding text model's class probabilities, columns in the order of :attr:`labels`."""
+        head = self.text_heads["embedding"]
+        return label_aligned(head.predict_proba(embeddings), head.classes_, self.labels)
 
-    def predict(self, texts: list[str], batch_size: int = 64, progress: bool | None = None):
-        """Return (labels, confidences) for raw texts, embedded with the model's own backend."""
+    def predict_segments(
+        self,
+        texts: list[str],
+        rows: SegmentRows | None = None,
+        batch_size: int = 64,
+        progress: bool | None = None,
+    ) -> np.ndarray:
+        """Class probabilities (columns: :attr:`labels`) of segments given by their
+        texts and, for layout and neighbour features, where they are (``rows``)."""
+        labels = self.labels
+        if not texts:
+            return np.zeros((0, len(labels)))
+        distinct: dict[str, int] = {}
+        text_index = np.fromiter((distinct.setdefault(text, len(distinct)) for text in texts), dtype=np.int64)
+        distinct_texts = list(distinct)
+        per_text = []
+        for name in self.features.text_models:
+            head = self.text_heads[name]
+            if name == "embedding":
+                inputs = embed_texts(
+                    distinct_texts,
+                    batch_size=batch_size,
+                    progress=progress,
+                    backend=self.embedding_backend,
+                    model_path=self.encoder_path,
+                )
+            else:
+                inputs = distinct_texts
+            per_text.append(label_aligned(head.predict_proba(inputs), head.classes_, labels).astype(np.float32))
+        text_probabilities = np.hstack(per_text)[text_index]
+        if not self.features.stacked:
+            return text_probabilities
+        segments = (rows or SegmentRows()).segments(text_index)
+        design = stage_two_features(self.features, segments, text_probabilities, text_statistics(distinct_texts))
+        return label_aligned(self.head.predict_proba(design), self.head.classes_, labels)
+
+    def predict(self, texts: list[str], batch_size: int = 64, progress: bool | None = None, rows: SegmentRows | None = None):
+        """Return (labels, confidences) for raw texts (and where they are, see :meth:`predict_segments`)."""
         if not texts:
             return [], np.zeros(0)
-        embeddings = embed_texts(texts, batch_size=batch_size, progress=progress, backend=self.embedding_backend)
-        probabilities = self.predict_proba(embeddings)
+        probabilities = self.predict_segments(texts, rows, batch_size=batch_size, progress=progress)
         best = probabilities.argmax(axis=1)
         labels = self.labels
         return [labels[i] for i in best], probabilities.max(axis=1)
@@ -68,7 +166,24 @@ class SegmentClassifier:
         """Write the artifact under ``directory``; return its URI and the manifest's sha256."""
         import skops.io
 
-        head_uri, head_sha256 = store.write_bytes(f"{directory}/{HEAD_FILE}", skops.io.dumps(self.head))
+        files: dict[str, str] = {}
+
+        def saved(name: str, estimator) -> dict[str, str]:
+            _, files[name] = store.write_bytes(f"{directory}/{name}", skops.io.dumps(estimator))
+            return {"file": name, "class": type(estimator).__module__ + "." + type(estimator).__name__}
+
+        head = saved(HEAD_FILE, self.head)
+        text_models = {
+            name: head if estimator is self.head else saved(text_model_file(name), estimator)
+            for name, estimator in self.text_heads.items()
+        }
+        encoder = None
+        if self.encoder_path is not None:
+            encoder = ENCODER_DIRECTORY
+            for path in sorted(self.encoder_path.rglob("*")):
+                if path.is_file():
+                    name = f"{ENCODER_DIRECTORY}/{path.relative_to(self.encoder_path).as_posix()}"
+                    _, files[name] = store.write_file(f"{directory}/{name}", path)
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -76,8 +191,11 @@ class SegmentClassifier:
             "confidence_threshold": self.confidence_threshold,
             "embedding_model": self.embedding_model.to_dict(),
             "embedding_backend": self.embedding_backend,
-            "head": {"file": HEAD_FILE, "class": type(self.head).__module__ + "." + type(self.head).__name__},
-            "files": {HEAD_FILE: head_sha256},
+            "features": self.features.to_dict(),
+            "head": head,
+            "text_models": text_models,
+            "encoder": encoder,
+            "files": files,
             **self.metadata,
         }
         data = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
@@ -93,12 +211,17 @@ class SegmentClassifier:
         if manifest_sha256 is not None and sha256_hex(raw) != manifest_sha256:
             raise ArtifactError(f"artifact {uri}: manifest does not match its recorded sha256")
         manifest = json.loads(raw)
-        if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-            raise ArtifactError(f"artifact {uri}: unsupported format {manifest.get('format')!r}")
-        head_bytes = store.read_bytes(store.join(uri, manifest["head"]["file"]))
-        if sha256_hex(head_bytes) != manifest["files"][manifest["head"]["file"]]:
-            raise ArtifactError(f"artifact {uri}: {manifest['head']['file']} does not match its sha256")
-        installed = embedding_model_id()
+        if manifest.get("format") != FORMAT or manifest.get("format_version") not in READABLE_FORMAT_VERSIONS:
+            raise ArtifactError(
+                f"artifact {uri}: unsupported format {manifest.get('format')!r} "
+                f"version {manifest.get('format_version')!r}"
+            )
+        encoder_path = None
+        if manifest.get("encoder"):
+            encoder_path = _check_encoder_modules(uri, _local_encoder(store, uri, manifest))
+            installed = fine_tuned_model_id(encoder_path)
+        else:
+            installed = embedding_model_id()
         if manifest["embedding_model"]["weights_sha256"] != installed.weights_sha256:
             raise ArtifactError(
                 f"artifact {uri} was trained with other encoder weights than the installed "
@@ -110,9 +233,73 @@ class SegmentClassifier:
                 f"artifact {uri} was trained with embedding backend {backend!r}, which this version does not have "
                 f"({', '.join(EMBEDDING_BACKENDS)})"
             )
-        try:
-            head = skops.io.loads(head_bytes)
-        except Exception as exc:  # skops refuses untrusted types with its own exception
-            raise ArtifactError(f"artifact {uri}: cannot load {manifest['head']['file']}: {exc}") from exc
+        loaded: dict[str, Any] = {}
+
+        def estimator(name: str):
+            if name not in loaded:
+                data = store.read_bytes(store.join(uri, name))
+                if sha256_hex(data) != manifest["files"].get(name):
+                    raise ArtifactError(f"artifact {uri}: {name} does not match its sha256")
+                try:
+                    loaded[name] = skops.io.loads(data)
+                except Exception as exc:  # skops refuses untrusted types with its own exception
+                    raise ArtifactError(f"artifact {uri}: cannot load {name}: {exc}") from exc
+            return loaded[name]
+
+        features = FeatureSet.from_dict(manifest["features"]) if "features" in manifest else EMBEDDING_ONLY
+        head = estimator(manifest["head"]["file"])
+        text_heads = {name: estimator(entry["file"]) for name, entry in manifest.get("text_models", {}).items()}
         metadata = {key: value for key, value in manifest.items() if key not in _OWN_KEYS}
-        return cls(head, installed, float(manifest["confidence_threshold"]), metadata, backend)
+        return cls(
+            head, installed, float(manifest["confidence_threshold"]), metadata, backend, features, text_heads, encoder_path
+        )
+
+
+def _check_encoder_modules(uri: str, directory: Path) -> Path:
+    """sentence-transformers imports the classes modules.json names: only its own."""
+    try:
+        modules = json.loads((directory / "modules.json").read_text(encoding="utf-8"))
+        types = [module["type"] for module in modules]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"artifact {uri}: the fine-tuned encoder has no readable modules.json ({exc})") from exc
+    foreign = [name for name in types if not str(name).startswith("sentence_transformers.")]
+    if foreign:
+        raise ArtifactError(f"artifact {uri}: the fine-tuned encoder names foreign modules {foreign}")
+    return directory
+
+
+def _local_encoder(store: ArtifactStore, uri: str, manifest: dict) -> Path:
+    """A local directory holding the model's fine-tuned encoder, every file checked
+    against its sha256 in the manifest: the stored directory itself on a local
+    store, else a copy under the encoder cache (trainer.embeddings), kept per
+    weights sha256 and made in a temporary directory renamed into place."""
+    prefix = manifest["encoder"].rstrip("/") + "/"
+    names = sorted(name for name in manifest["files"] if name.startswith(prefix))
+    weights = manifest["embedding_model"]["weights_sha256"]
+    if store.is_local:
+        directory = Path(store.path_of(store.join(uri, manifest["encoder"])))
+        for name in names:
+            if store.sha256_of(store.join(uri, name)) != manifest["files"][name]:
+                raise ArtifactError(f"artifact {uri}: {name} does not match its sha256")
+        return directory
+    target = encoder_cache_root() / "fine-tuned" / weights
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{weights[:12]}.partial-", dir=target.parent))
+    try:
+        for name in names:
+            data = store.read_bytes(store.join(uri, name))
+            if sha256_hex(data) != manifest["files"][name]:
+                raise ArtifactError(f"artifact {uri}: {name} does not match its sha256")
+            local = staging / name[len(prefix):]
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(data)
+        try:
+            staging.rename(target)
+        except OSError:  # another process put it there first
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

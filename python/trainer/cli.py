@@ -181,6 +181,16 @@ TRAINING_OPTIONS = (
     "embedding_cache",
     "embedding_backend",
     "target_precision",
+    "embedding",
+    "char_ngrams",
+    "layout",
+    "neighbours",
+    "stacking_folds",
+    "label_issues",
+    "max_label_issues",
+    "fine_tune",
+    "fine_tune_max_pairs",
+    "fine_tune_max_seconds",
 )
 
 
@@ -210,6 +220,72 @@ def training_options(command):
         "this right (threshold_at_target_precision, with its coverage and precision).",
     )(command)
     command = click.option(
+        "--fine-tune-max-seconds",
+        type=click.FloatRange(min=0, min_open=True),
+        default=420.0,
+        show_default=True,
+        help="Wall-clock cap of the fine-tuning loop (it stops after the step that crosses it).",
+    )(command)
+    command = click.option(
+        "--fine-tune-max-pairs",
+        type=click.IntRange(min=2),
+        default=2000,
+        show_default=True,
+        help="Pairs of texts (same label / different labels) the encoder is fine-tuned on, at most.",
+    )(command)
+    command = click.option(
+        "--fine-tune/--no-fine-tune",
+        default=False,
+        show_default=True,
+        help="Fine-tune the sentence encoder on the train split first (what `train-st` does).",
+    )(command)
+    command = click.option(
+        "--max-label-issues",
+        type=click.IntRange(min=0),
+        default=1000,
+        show_default=True,
+        help="Record at most this many label issues, most unlikely first.",
+    )(command)
+    command = click.option(
+        "--label-issues/--no-label-issues",
+        default=True,
+        show_default=True,
+        help="Look for examples whose accepted label the model finds most unlikely, judged by a model that "
+        "did not see their document (cross-validated), and record them in training.label_issues.",
+    )(command)
+    command = click.option(
+        "--stacking-folds",
+        type=click.IntRange(min=2),
+        default=5,
+        show_default=True,
+        help="Document folds over the train split for cross-fitting (second stage, label issues).",
+    )(command)
+    command = click.option(
+        "--neighbours/--no-neighbours",
+        default=True,
+        show_default=True,
+        help="Features of the nearest segments left, right, above and below on the same page (position, "
+        "size, text statistics, the text models' view of their text; never their labels).",
+    )(command)
+    command = click.option(
+        "--layout/--no-layout",
+        default=True,
+        show_default=True,
+        help="Features of where the segment sits on its page (box relative to the page, size, reading order).",
+    )(command)
+    command = click.option(
+        "--char-ngrams/--no-char-ngrams",
+        default=True,
+        show_default=True,
+        help="A text model on character 2-4-grams (hashed, tf-idf).",
+    )(command)
+    command = click.option(
+        "--embedding/--no-embedding",
+        default=True,
+        show_default=True,
+        help="A text model on the sentence embedding. docs/MODELS.md compares the families.",
+    )(command)
+    command = click.option(
         "--embedding-cache/--no-embedding-cache",
         default=True,
         show_default=True,
@@ -233,8 +309,10 @@ def training_options(command):
 
 
 def _training_arguments(
-    model_name, confidence_threshold, seed, batch_size, embedding_cache, embedding_backend, target_precision
-):
+    model_name, confidence_threshold, seed, batch_size, embedding_cache, embedding_backend, target_precision,
+    embedding, char_ngrams, layout, neighbours, stacking_folds, label_issues, max_label_issues,
+    fine_tune, fine_tune_max_pairs, fine_tune_max_seconds,
+):  # fmt: skip
     from trainer.arguments import TrainingArguments
 
     return TrainingArguments(
@@ -245,6 +323,16 @@ def _training_arguments(
         embedding_cache=embedding_cache,
         embedding_backend=embedding_backend,
         target_precision=target_precision,
+        embedding_features=embedding,
+        char_ngram_features=char_ngrams,
+        layout_features=layout,
+        neighbour_features=neighbours,
+        stacking_folds=stacking_folds,
+        label_issues=label_issues,
+        max_label_issues=max_label_issues,
+        fine_tune=fine_tune,
+        fine_tune_max_pairs=fine_tune_max_pairs,
+        fine_tune_max_seconds=fine_tune_max_seconds,
     )
 
 
@@ -329,8 +417,10 @@ def train(ctx, target, run_options, training_run, quiet):
 
     Reads the accepted examples built by dbt (datasets.training_examples),
     stores them as a Parquet snapshot in the blob store (one file per distinct
-    dataset, shared by runs), embeds their texts with all-MiniLM-L6-v2, fits a
-    logistic-regression head on the train split, evaluates on the eval split,
+    dataset, shared by runs), embeds their texts with all-MiniLM-L6-v2, fits
+    text models (embedding, character n-grams) and a second stage over layout
+    and neighbours on the train split (--no-layout etc. switch families off;
+    docs/MODELS.md), evaluates on the eval split, looks for label issues,
     stores the model artifact and writes the run, its metrics and a new model
     version to the database. On failure the run is marked failed with the
     error and the command exits 1.
@@ -343,6 +433,41 @@ def train(ctx, target, run_options, training_run, quiet):
 
     With --training-run ID it runs that queued run instead of a new one.
     """
+    _train(ctx, target, run_options, training_run, quiet)
+
+
+@cli.command("train-st")
+@target_option
+@run_options
+@click.option(
+    "--training-run",
+    "training_run",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Run this queued run (see `request --fine-tune`) with the options it was queued with.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+@user_errors
+def train_st(ctx, target, run_options, training_run, quiet):
+    """Train like `train`, with the sentence encoder fine-tuned on the examples first.
+
+    SetFit-style: pairs of train-split texts with the same label (positives)
+    and with different labels (negatives), balanced and drawn with --seed, at
+    most --fine-tune-max-pairs of them, train all-MiniLM-L6-v2 with
+    sentence-transformers' own trainer for one epoch, stopping after the step
+    that crosses --fine-tune-max-seconds. Then the texts are embedded with the
+    fine-tuned encoder and the model is fitted as `train` does (every feature
+    option applies). The encoder is saved with the model as safetensors, and
+    `predict` uses it. The run and model version are recorded like any other;
+    params.fine_tuning has the pairs, steps and seconds. docs/MODELS.md has
+    what it gains on the demo forms, and what it costs.
+    """
+    run_options["fine_tune"] = True
+    _train(ctx, target, run_options, training_run, quiet)
+
+
+def _train(ctx, target, run_options, training_run, quiet):
     from trainer.db import Database
     from trainer.results_store import ResultsStore
     from trainer.training import run_queued
@@ -355,7 +480,7 @@ def train(ctx, target, run_options, training_run, quiet):
                 "--" + name.replace("_", "-")
                 for name in run_options
                 if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
-            ]
+            ]  # train-st's own fine_tune is not given on the command line
             if given:
                 raise click.UsageError(
                     f"--training-run uses the options the run was queued with; drop {', '.join(given)}"
@@ -464,7 +589,9 @@ def predict(target, model_name, model_version, input_path, output_path, quiet):
     """Label the segments of a CSV with a trained model version.
 
     The input needs a `text` column; `document_id, page, x0, y0, x1, y1` may be
-    present. The output is the input plus `predicted_label` and `confidence`
+    present, and a model with layout or neighbour features uses them: the rows
+    of one document_id and page are one page, whose segments are each other's
+    neighbours (give whole pages). The output is the input plus `predicted_label` and `confidence`
     (the top class probability).
     """
     from trainer.predict import predict_csv
@@ -517,6 +644,63 @@ def metrics(target, run_id):
     if run.error:
         click.echo(f"Error: {run.error}")
     _echo_metrics(store.run_metrics(chosen))
+
+
+@cli.command()
+@target_option
+@click.argument("run_id", metavar="RUN_ID")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write a local copy: to this file if it ends in .html, else into this directory "
+    "(index.html and the PNGs; created when missing).",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="How many of the eval examples the model gets most confidently wrong to list.",
+)
+@user_errors
+def report(target, run_id, output, top):
+    """Write the HTML report of training run RUN_ID (a run id, or latest).
+
+    \b
+    One page with PNG plots, for people to look at:
+      - the run: model and version, dates, dataset fingerprint and snapshot,
+        training arguments;
+      - headline metrics of eval and train (accuracy, macro-F1, coverage and
+        selective accuracy at the confidence threshold, AURC);
+      - the eval confusion matrix, precision/recall/F1 per label with support,
+        the risk-coverage curve with the confidence threshold and the
+        target-precision threshold marked, the labels per split;
+      - the eval examples the model gets most confidently wrong, and the label
+        issues (accepted labels worth a second look).
+
+    It is stored with the run's model in the blob store, as
+    <artifact>/report/index.html (self-contained: the PNGs are inlined, and also
+    stored beside it). Only a succeeded run has a report. The command prints
+    where the page is.
+    """
+    from trainer.db import Database
+    from trainer.report import write_report
+    from trainer.results_store import ResultsStore
+
+    settings = Settings.from_env(target=target)
+    if run_id.strip().lower() == "latest":
+        chosen = ResultsStore(Database(settings)).latest_run_id()
+    elif run_id.strip().isdigit():
+        chosen = int(run_id)
+    else:
+        raise click.BadParameter(f"{run_id!r} is not a run id or 'latest'", param_hint="RUN_ID")
+    result = write_report(settings, chosen, output=output, top=top)
+    click.echo(f"Report of run {result.run_id}: {result.uri}")
+    if result.local_path is not None:
+        click.echo(f"Open: {result.local_path}")
+    if result.output is not None:
+        click.echo(f"Local copy: {result.output}")
 
 
 @cli.group()

@@ -138,8 +138,12 @@ def embed_texts(
     batch_size: int = 64,
     progress: bool | None = None,
     backend: str = DEFAULT_EMBEDDING_BACKEND,
+    model_path: Path | str | None = None,
 ) -> np.ndarray:
     """L2-normalised float32 embeddings, one row per text, in the given order.
+
+    ``model_path`` names a fine-tuned encoder directory (``trainer.fine_tuning``;
+    backend ``torch`` only); None is the installed encoder.
 
     Texts are encoded longest first in chunks, which keeps padding low and lets
     one progress bar count segments rather than batches.
@@ -147,8 +151,13 @@ def embed_texts(
     import numpy as np
     from tqdm.auto import tqdm
 
-    encoder = load_encoder(backend)
-    result = np.zeros((len(texts), embedding_model_id().dimension), dtype=np.float32)
+    if model_path is None:
+        encoder = load_encoder(backend)
+        dimension = embedding_model_id().dimension
+    else:
+        encoder = load_fine_tuned_encoder(model_path, backend)
+        dimension = fine_tuned_model_id(model_path).dimension
+    result = np.zeros((len(texts), dimension), dtype=np.float32)
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     disable = None if progress is None else not progress
     with tqdm(total=len(texts), desc="Embedding", unit="segment", disable=disable) as bar:
@@ -168,6 +177,63 @@ def embed_texts(
             result[indices] = vectors
             bar.update(len(indices))
     return result
+
+
+# -- fine-tuned encoders -------------------------------------------------------------
+
+FINE_TUNED_NAME_SUFFIX = "+fine-tuned"
+_FINE_TUNED_WEIGHTS = "model.safetensors"
+
+
+def fine_tuned_model_id(directory: Path | str) -> EmbeddingModelId:
+    """The id of a fine-tuned encoder directory (``trainer.fine_tuning``): the base
+    model's name marked as fine-tuned, and the sha256 of the directory's own
+    ``model.safetensors``, so its vectors are never cached or paired with another
+    encoder's. Remembered per file (path, size, modification time)."""
+    directory = Path(directory)
+    weights = directory / _FINE_TUNED_WEIGHTS
+    try:
+        stat = weights.stat()
+    except OSError:
+        raise ConfigurationError(f"{directory}: not a fine-tuned encoder directory (no {_FINE_TUNED_WEIGHTS})") from None
+    return _fine_tuned_model_id(str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _fine_tuned_model_id(weights: str, size: int, mtime_ns: int) -> EmbeddingModelId:
+    config_file = Path(weights).with_name("config.json")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        dimension = int(config["hidden_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigurationError(f"{config_file}: missing or without hidden_size; not a fine-tuned encoder") from None
+    return EmbeddingModelId(EMBEDDING_MODEL_NAME + FINE_TUNED_NAME_SUFFIX, _file_sha256(Path(weights)), dimension)
+
+
+def load_fine_tuned_encoder(directory: Path | str, backend: str = DEFAULT_EMBEDDING_BACKEND):
+    """The ``SentenceTransformer`` saved in ``directory``, loaded once per process
+    (and per version of its weights file). Only backend ``torch`` runs it."""
+    check_backend(backend)
+    if backend != "torch":
+        raise ConfigurationError(
+            f"embedding backend {backend!r} cannot run a fine-tuned encoder; use 'torch' "
+            "(the ONNX/OpenVINO exports are made of the installed weights only)"
+        )
+    directory = Path(directory)
+    fine_tuned_model_id(directory)  # a clear error for a directory that is not one
+    weights = (directory / _FINE_TUNED_WEIGHTS).resolve()
+    stat = weights.stat()
+    return _load_fine_tuned(str(weights.parent), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_fine_tuned(directory: str, size: int, mtime_ns: int):
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    # local_files_only: a directory path never reaches a hub, even if HF_HUB_OFFLINE is unset.
+    return SentenceTransformer(directory, device="cpu", local_files_only=True)
 
 
 # -- exported encoders ---------------------------------------------------------------

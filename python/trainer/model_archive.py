@@ -132,8 +132,9 @@ def _check_member_name(model_version_id: int, name: object) -> None:
         not isinstance(name, str)
         or not name
         or name != posixpath.normpath(name)
-        or name.startswith(("/", "."))
-        or "/" in name
+        or name.startswith("/")
+        # A fine-tuned encoder's files sit in subdirectories (encoder/1_Pooling/…); no part may be hidden.
+        or any(not part or part.startswith(".") for part in name.split("/"))
         or "\\" in name
         or "\x00" in name
     ):

@@ -6,8 +6,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from trainer.artifacts import ArtifactStore
-from trainer.classifier import SegmentClassifier
+from trainer.classifier import SegmentClassifier, SegmentRows
 from trainer.csv_io import CsvData, read_csv, write_csv_atomically
 from trainer.db import Database
 from trainer.errors import InputFileError
@@ -51,10 +53,25 @@ def predict_csv(
     _check_numeric(input_path, data)
     model_version, classifier = load_model_version(settings, model_name, version)
 
-    labels, confidences = classifier.predict(data.column("text"), progress=progress)
+    labels, confidences = classifier.predict(data.column("text"), progress=progress, rows=segment_rows(data))
     output_rows = [row + [label, f"{confidence:.6f}"] for row, label, confidence in zip(data.rows, labels, confidences)]
     write_csv_atomically(output_path, data.header + list(OUTPUT_COLUMNS), output_rows)
     return PredictionReport(model_version, len(data.rows), output_path)
+
+
+def segment_rows(data: CsvData) -> SegmentRows:
+    """Where the rows' segments are, from the optional columns: layout and neighbour
+    features see what is given (rows of one document_id and page are one page)."""
+
+    def numbers(name: str) -> list[float]:
+        if name not in data.header:
+            return [math.nan] * len(data.rows)
+        return [float(value) if value.strip() else math.nan for value in data.column(name)]
+
+    document_ids = data.column("document_id") if "document_id" in data.header else None
+    pages = [int(float(value)) if value.strip() else None for value in data.column("page")] if "page" in data.header else None
+    boxes = np.column_stack([numbers(name) for name in ("x0", "y0", "x1", "y1")]) if data.rows else None
+    return SegmentRows(document_ids, pages, boxes)
 
 
 def _check_numeric(path: Path, data: CsvData) -> None:

@@ -12,6 +12,7 @@ the same names.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -156,7 +157,40 @@ MIGRATIONS: list[tuple[int, str, list[str | dict[str, str]]]] = [
             "create index if not exists audit_log_occurred_at_idx on training.audit_log (occurred_at)",
         ],
     ),
+    (
+        5,
+        "label issues: accepted labels a run's model finds most unlikely",
+        [
+            # Written with the run's metrics when it succeeds (trainer/label_issues.py
+            # finds them); one row per example to re-check, rank 1 the most doubtful.
+            # Ids and labels are copied, not referenced: the app's rows change later,
+            # and the issue must still say what the run saw.
+            """
+            create table if not exists training.label_issues (
+                run_id bigint not null,
+                rank integer not null,
+                annotation_id text not null,
+                document_id text,
+                split text not null,
+                label text not null,
+                suggested_label text not null,
+                label_probability double precision not null,
+                suggested_probability double precision not null,
+                constraint label_issues_run_id_rank_pkey primary key (run_id, rank),
+                constraint label_issues_run_id_run_id_fkey
+                    foreign key (run_id) references training.training_runs (run_id),
+                constraint label_issues_split_check check (split in ('train', 'eval')),
+                constraint label_issues_rank_check check (rank >= 1),
+                constraint label_issues_suggested_label_label_check check (suggested_label <> label),
+                constraint label_issues_label_probability_check check (label_probability between 0 and 1),
+                constraint label_issues_suggested_probability_check check (suggested_probability between 0 and 1)
+            )""",
+        ],
+    ),
 ]
+# Rows per insert statement for bulk writes: one round trip per chunk on PostgreSQL
+# (the session has no executemany), well under its 65,535 bind parameters.
+_INSERT_CHUNK_ROWS = 500
 AUDIT_OUTCOMES = ("complete", "disconnected", "failed")
 # An advisory-lock key for schema changes on PostgreSQL (any constant shared by all trainers).
 _MIGRATION_LOCK_KEY = 7_316_250_921
@@ -202,6 +236,21 @@ class TrainingRun:
 
 
 @dataclass(frozen=True)
+class LabelIssue:
+    """A row of ``training.label_issues``: an example of a run whose accepted label
+    the run's model finds unlikely, and the label it confidently suggests instead."""
+
+    rank: int
+    annotation_id: str
+    document_id: str | None
+    split: str
+    label: str
+    suggested_label: str
+    label_probability: float
+    suggested_probability: float
+
+
+@dataclass(frozen=True)
 class ModelVersion:
     model_version_id: int
     model_name: str
@@ -218,6 +267,9 @@ _RUN_COLUMNS = (
     "snapshot_uri, snapshot_sha256, dataset_summary, dataset_as_of"
 )
 _VERSION_COLUMNS = "model_version_id, model_name, version, run_id, artifact_uri, artifact_sha256, created_at"
+_LABEL_ISSUE_COLUMNS = (
+    "rank, annotation_id, document_id, split, label, suggested_label, label_probability, suggested_probability"
+)
 _AUDIT_COLUMNS = (
     "audit_id, occurred_at, finished_at, token_name, method, route, object_id, details, status_code, "
     "bytes_sent, sha256, outcome, error"
@@ -262,6 +314,20 @@ def _refuse_newer_schema(applied: set[int]) -> None:
         )
 
 
+def _insert_rows(session: Session, table: str, columns: str, rows: Sequence[tuple]) -> None:
+    """Insert many rows with multi-row VALUES statements, a chunk at a time: a
+    statement per row would cost a round trip each on PostgreSQL."""
+    if not rows:
+        return
+    marks = "(" + ", ".join("?" for _ in rows[0]) + ")"
+    for start in range(0, len(rows), _INSERT_CHUNK_ROWS):
+        chunk = rows[start : start + _INSERT_CHUNK_ROWS]
+        session.execute(
+            f"insert into {table} ({columns}) values {', '.join(marks for _ in chunk)}",
+            [value for row in chunk for value in row],
+        )
+
+
 def _run(row: tuple) -> TrainingRun:
     values = list(row)
     values[7] = json.loads(values[7])
@@ -284,7 +350,7 @@ def _filters(**conditions: Any) -> tuple[str, tuple]:
 
 
 class ResultsStore:
-    """Reads and writes training runs, model versions, metrics and the audit log."""
+    """Reads and writes training runs, model versions, metrics, label issues and the audit log."""
 
     def __init__(self, database: Database):
         self.database = database
@@ -485,9 +551,12 @@ class ResultsStore:
         artifact_uri: str,
         artifact_sha256: str,
         metrics: list[Metric],
+        *,
+        label_issues: Sequence[LabelIssue] = (),
     ) -> ModelVersion:
-        """Register the model version, write the metrics and mark the run
-        `succeeded`, all in one transaction: either everything is visible or nothing.
+        """Register the model version, write the metrics and the label issues and
+        mark the run `succeeded`, all in one transaction: either everything is
+        visible or nothing (a run has label issues exactly when it succeeded).
 
         Refuses (and writes nothing) when the run is no longer this worker's
         running run, e.g. because a reaper declared it lost.
@@ -530,6 +599,25 @@ class ResultsStore:
                     "values (?, ?, ?, ?, ?, ?)",
                     (run_id, model_version_id, metric.split, metric.name, metric.label, metric.value),
                 )
+            _insert_rows(
+                session,
+                "training.label_issues",
+                f"run_id, {_LABEL_ISSUE_COLUMNS}",
+                [
+                    (
+                        run_id,
+                        issue.rank,
+                        issue.annotation_id,
+                        issue.document_id,
+                        issue.split,
+                        issue.label,
+                        issue.suggested_label,
+                        issue.label_probability,
+                        issue.suggested_probability,
+                    )
+                    for issue in label_issues
+                ],
+            )
         return ModelVersion(model_version_id, model_name, version, run_id, artifact_uri, artifact_sha256, now)
 
     # -- reads --------------------------------------------------------------
@@ -683,6 +771,17 @@ class ResultsStore:
                 (run_id,),
             )
         return [Metric(*row) for row in rows]
+
+    def run_label_issues(self, run_id: int, limit: int | None = None) -> list[LabelIssue]:
+        """A run's label issues, most doubtful first (all of them, or the first ``limit``)."""
+        sql = f"select {_LABEL_ISSUE_COLUMNS} from training.label_issues where run_id = ? order by rank"
+        params: tuple = (run_id,)
+        if limit is not None:
+            sql += " limit ?"
+            params += (limit,)
+        with self.database.session() as session:
+            rows = session.fetchall(sql, params)
+        return [LabelIssue(*row) for row in rows]
 
     def get_model_version(self, model_name: str, version: int | None) -> ModelVersion:
         """The given version of a model, or its latest when ``version`` is None."""

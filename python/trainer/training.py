@@ -8,11 +8,15 @@ ever points at an artifact that is not completely written.
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import tempfile
 import uuid
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from trainer.arguments import TrainingArguments
 from trainer.artifacts import ArtifactStore
@@ -24,11 +28,14 @@ from trainer.embeddings import embed_texts, embedding_model_id
 from trainer.errors import DatasetError, TrainerError, TrainingFailed
 from trainer.evaluation import evaluate
 from trainer.heartbeat import Heartbeat, worker_identity
-from trainer.results_store import Metric, ModelVersion, ResultsStore
+from trainer.label_issues import find_label_issues, label_issue_rows
+from trainer.results_store import LabelIssue, Metric, ModelVersion, ResultsStore
 from trainer.settings import Settings
 from trainer.snapshots import store_snapshot_file
 from trainer.sources import DatabaseSource, ExampleSource, source_from_params
-from trainer.training_data import collect_examples, fit_layout, text_probabilities
+from trainer.model_fitting import fit_segment_model
+from trainer.run_outputs import PREDICTIONS_FILE, write_predictions
+from trainer.training_data import collect_examples, fit_layout
 from trainer.versions import library_versions
 
 
@@ -160,29 +167,64 @@ def _train_run(
 
     _seed_everything(args.seed)
     inputs = collected.inputs
-    is_train = inputs.is_train
     # One vector per row of the fit, none per example: the train split's distinct
     # (text, label) pairs, each weighted by its number of examples (the objective
     # of one row per example), then the texts only eval has (trainer.training_data).
     layout = fit_layout(inputs)
-    texts = layout.texts(inputs)
+    with tempfile.TemporaryDirectory(prefix="trainer-encoder-") as scratch:
+        encoder = _fine_tune(run_id, layout, inputs, args, store, Path(scratch) / "encoder", progress) if args.fine_tune else None
+        vectors = _embed(run_id, layout, inputs, args, context, store, encoder, progress) if args.embedding_features else None
+        fitted = fit_segment_model(inputs, layout, vectors, args, progress)
+        del vectors
+        store.add_params(run_id, {"fit_seconds": {name: round(value, 3) for name, value in fitted.seconds.items()}})
+        return _register(run_id, args, context, inputs, fitted, encoder, fingerprint, snapshot, train_size, eval_size)
+
+
+def _fine_tune(run_id, layout, inputs, args, store, directory: Path, progress):
+    """Fine-tune the encoder on the train split's distinct (text, label) pairs; return its id and directory."""
+    from trainer.fine_tuning import fine_tune_encoder
+
+    train_texts = [inputs.texts[i] for i in layout.train_text]
+    tuned = fine_tune_encoder(train_texts, layout.train_labels, args.fine_tune_settings(), directory, progress)
+    store.add_params(
+        run_id,
+        {"fine_tuning": {"pairs": tuned.pairs, "steps": tuned.steps, "seconds": round(tuned.seconds, 3),
+                         "stopped_early": tuned.stopped_early}},
+    )  # fmt: skip
+    return tuned
+
+
+def _embed(run_id, layout, inputs, args, context, store, encoder, progress):
+    """One vector per row of the fit layout, from the cache where it has them."""
     backend = args.embedding_backend  # vectors are cached per backend, never shared between two
-    cache = EmbeddingCache(context.artifacts, embedding_model_id(), backend) if args.embedding_cache else None
+    model_id = encoder.embedding_model if encoder else embedding_model_id()
+    # A fine-tuned encoder is this run's alone: nothing to share through the cache.
+    cache = EmbeddingCache(context.artifacts, model_id, backend) if args.embedding_cache and not encoder else None
+    model_path = encoder.path if encoder else None
     embedded = embed_with_cache(
-        texts,
+        layout.texts(inputs),
         cache,
-        lambda distinct: embed_texts(distinct, batch_size=args.embedding_batch_size, progress=False, backend=backend),
+        lambda distinct: embed_texts(
+            distinct, batch_size=args.embedding_batch_size, progress=False, backend=backend, model_path=model_path
+        ),
         progress=progress,
     )
     # Not under "embedding_cache": that key is the TrainingArguments switch.
     store.add_params(run_id, {"embedding_cache_hits": embedded.hits, "embedded_texts": embedded.embedded})
-    vectors = embedded.vectors
-    head = _fit_head(vectors[: layout.train_rows], layout.train_labels, args, sample_weight=layout.train_counts)
+    return embedded.vectors
+
+
+def _register(run_id, args, context, inputs, fitted, encoder, fingerprint, snapshot, train_size, eval_size):
+    """Evaluate, save the model and its predictions, and record the run as succeeded."""
+    store = context.store
     classifier = SegmentClassifier(
-        head=head,
-        embedding_model=embedding_model_id(),
+        head=fitted.head if fitted.head is not None else next(iter(fitted.text_heads.values())),
+        embedding_model=encoder.embedding_model if encoder else embedding_model_id(),
         confidence_threshold=args.confidence_threshold,
         embedding_backend=args.embedding_backend,
+        features=args.features,
+        text_heads=fitted.text_heads,
+        encoder_path=encoder.path if encoder else None,
         metadata={
             "model_name": args.model_name,
             "run_id": run_id,
@@ -191,15 +233,14 @@ def _train_run(
         },
     )
 
-    # Each distinct text is predicted once; an example takes its text's probabilities.
-    probabilities = text_probabilities(classifier.predict_proba, layout, vectors, len(inputs.texts))
-    del vectors, embedded
+    probabilities = fitted.probabilities
+    is_train = inputs.is_train
     metrics: list[Metric] = []
     for split, mask in (("eval", ~is_train), ("train", is_train)):
         metrics += evaluate(
             inputs.labels(mask),
-            probabilities[inputs.text_index[mask]],
-            classifier.labels,
+            probabilities[mask],
+            fitted.classes,
             args.confidence_threshold,
             split,
             target_precision=args.target_precision if split == "eval" else None,
@@ -207,20 +248,33 @@ def _train_run(
 
     directory = f"models/{args.model_name}/run-{run_id}-{uuid.uuid4().hex[:12]}"
     artifact_uri, artifact_sha256 = classifier.save(context.artifacts, directory)
-    version = store.succeed_run(run_id, context.worker, args.model_name, artifact_uri, artifact_sha256, metrics)
+    write_predictions(context.artifacts, f"{directory}/{PREDICTIONS_FILE}", inputs, fitted)
+    issues = label_issues_of(inputs, fitted, args.max_label_issues) if args.label_issues else []
+    version = store.succeed_run(
+        run_id, context.worker, args.model_name, artifact_uri, artifact_sha256, metrics, label_issues=issues
+    )
     return TrainingResult(run_id, version, fingerprint, snapshot.uri, train_size, eval_size, metrics)
 
 
-def _fit_head(embeddings: np.ndarray, labels: list[str], args: TrainingArguments, sample_weight: np.ndarray | None = None):
-    from sklearn.linear_model import LogisticRegression
-
-    head = LogisticRegression(
-        C=args.regularization,
-        class_weight=None if args.class_weight == "none" else args.class_weight,
-        max_iter=args.max_iter,
-        random_state=args.seed,
+def label_issues_of(inputs, fitted, limit: int) -> list[LabelIssue]:
+    """The run's label issues (trainer.label_issues) from its out-of-sample
+    probabilities. An eval example whose label the train split never had cannot
+    be judged: the model has no column for it."""
+    if fitted.out_of_sample is None or limit == 0:
+        return []
+    column_of = {label: column for column, label in enumerate(fitted.classes)}
+    code = np.array([column_of.get(label, -1) for label in inputs.classes], dtype=np.int64)[inputs.label_code]
+    rows = np.flatnonzero(code >= 0)
+    candidates = find_label_issues(code[rows], np.clip(fitted.out_of_sample[rows], 0.0, 1.0), limit)
+    picked = rows[[candidate.index for candidate in candidates]]
+    take = pa.array(picked, pa.int64())
+    return label_issue_rows(
+        [dataclasses.replace(candidate, index=position) for position, candidate in enumerate(candidates)],
+        fitted.classes,
+        inputs.annotation_id.take(take).to_pylist(),
+        inputs.document_id.take(take).to_pylist(),
+        ["train" if inputs.is_train[row] else "eval" for row in picked],
     )
-    return head.fit(embeddings, labels, sample_weight=sample_weight)
 
 
 def _seed_everything(seed: int) -> None:

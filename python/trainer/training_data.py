@@ -38,6 +38,13 @@ class TrainingInputs:
     classes: list[str]  # every label of the examples, sorted
     label_code: np.ndarray  # per example: its label's index in ``classes``
     is_train: np.ndarray  # per example: in the train split (else eval)
+    # Where each example sits (trainer.segment_features) and what it is, for the
+    # features beyond the text, the predictions file and the label issues.
+    annotation_id: pa.ChunkedArray
+    document_id: pa.ChunkedArray
+    document_code: np.ndarray  # per example: one int per document_id
+    page: np.ndarray  # per example: 0 when null
+    boxes: np.ndarray  # per example: x0, y0, x1, y1, NaN when null
 
     @property
     def rows(self) -> int:
@@ -47,11 +54,14 @@ class TrainingInputs:
         """The labels (str) of the examples selected by ``mask``."""
         return np.asarray(self.classes, dtype=object)[self.label_code[mask]]
 
+    def group_keys(self, mask: np.ndarray) -> np.ndarray:
+        """One int per (text, label) pair, for the examples selected by ``mask``."""
+        return self.text_index[mask].astype(np.int64) * len(self.classes) + self.label_code[mask]
+
     def train_groups(self) -> tuple[np.ndarray, list[str], np.ndarray]:
         """The distinct (text, label) pairs of the train split, ordered by text index
         then label: (text index, label, number of train examples) of each."""
-        keys = self.text_index[self.is_train].astype(np.int64) * len(self.classes) + self.label_code[self.is_train]
-        unique, counts = np.unique(keys, return_counts=True)
+        unique, counts = np.unique(self.group_keys(self.is_train), return_counts=True)
         text_index, label_code = np.divmod(unique, len(self.classes))
         return text_index, [self.classes[code] for code in label_code], counts
 
@@ -63,6 +73,12 @@ class _InputsBuilder:
         self._text_index: list[np.ndarray] = []
         self._label_code: list[np.ndarray] = []
         self._is_train: list[np.ndarray] = []
+        self._documents: dict[str, int] = {}
+        self._annotation_id: list[pa.Array] = []
+        self._document_id: list[pa.Array] = []
+        self._document_code: list[np.ndarray] = []
+        self._page: list[np.ndarray] = []
+        self._boxes: list[np.ndarray] = []
 
     def update(self, batch: pa.RecordBatch) -> None:
         texts, labels = self._texts, self._labels
@@ -76,6 +92,20 @@ class _InputsBuilder:
         )
         is_train = pc.fill_null(pc.equal(batch.column("split"), "train"), False)
         self._is_train.append(is_train.to_numpy(zero_copy_only=False).astype(bool))
+        documents = self._documents
+        self._annotation_id.append(batch.column("annotation_id"))
+        self._document_id.append(batch.column("document_id"))
+        self._document_code.append(
+            np.fromiter((documents.setdefault(document, len(documents)) for document in batch.column("document_id").to_pylist()),
+                        dtype=np.int32, count=batch.num_rows)
+        )
+        self._page.append(pc.fill_null(batch.column("page"), 0).to_numpy(zero_copy_only=False).astype(np.int32))
+        self._boxes.append(
+            np.column_stack([
+                pc.fill_null(batch.column(name), float("nan")).to_numpy(zero_copy_only=False).astype(np.float64)
+                for name in ("x0", "y0", "x1", "y1")
+            ]).reshape(batch.num_rows, 4)
+        )
 
     def finish(self) -> TrainingInputs:
         def joined(parts: list[np.ndarray], dtype) -> np.ndarray:
@@ -92,6 +122,11 @@ class _InputsBuilder:
             classes=classes,
             label_code=renumber[joined(self._label_code, np.int32)],
             is_train=joined(self._is_train, bool),
+            annotation_id=pa.chunked_array(self._annotation_id, type=pa.string()),
+            document_id=pa.chunked_array(self._document_id, type=pa.string()),
+            document_code=joined(self._document_code, np.int32),
+            page=joined(self._page, np.int32),
+            boxes=np.concatenate(self._boxes) if self._boxes else np.zeros((0, 4)),
         )
 
 
@@ -137,6 +172,7 @@ class FitLayout:
     fit's input is a slice of them, never a copy."""
 
     train_text: np.ndarray  # the text index of each train row
+    train_keys: np.ndarray  # the (text, label) key of each train row (TrainingInputs.group_keys), ascending
     train_labels: list[str]
     train_counts: np.ndarray  # train examples with that text and label: the sample weights
     other_text: np.ndarray  # the text index of each eval-only row
@@ -157,8 +193,19 @@ class FitLayout:
 
 def fit_layout(inputs: TrainingInputs) -> FitLayout:
     train_text, train_labels, train_counts = inputs.train_groups()
+    train_keys = np.unique(inputs.group_keys(inputs.is_train))
     other_text = np.setdiff1d(np.arange(len(inputs.texts)), train_text)
-    return FitLayout(train_text, train_labels, train_counts, other_text)
+    return FitLayout(train_text, train_keys, train_labels, train_counts, other_text)
+
+
+def train_weights(inputs: TrainingInputs, layout: FitLayout, mask: np.ndarray) -> np.ndarray:
+    """Sample weights over the layout's train rows that fit on the train examples
+    selected by ``mask`` only: each row weighs its number of such examples, rows of
+    none weigh 0. A fit on a subset of the examples then needs no copy of the vectors."""
+    keys, counts = np.unique(inputs.group_keys(mask & inputs.is_train), return_counts=True)
+    weights = np.zeros(layout.train_rows, dtype=np.float64)
+    weights[np.searchsorted(layout.train_keys, keys)] = counts
+    return weights
 
 
 def text_probabilities(predict_proba, layout: FitLayout, vectors: np.ndarray, texts: int, chunk_rows: int = 65_536):

@@ -7,7 +7,7 @@ import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from trainer.arguments import MODEL_NAME_PATTERN
 from trainer.embeddings import DEFAULT_EMBEDDING_BACKEND, EMBEDDING_BACKENDS
@@ -278,10 +278,36 @@ class TrainingRequest(BaseModel):
         description="The eval metrics name the lowest confidence threshold whose covered predictions are at "
         "least this right (threshold_at_target_precision).",
     )
+    embedding_features: StrictBool = Field(True, description="A text model on the sentence embedding.")
+    char_ngram_features: StrictBool = Field(True, description="A text model on character 2-4-grams.")
+    layout_features: StrictBool = Field(True, description="Where the segment sits on its page.")
+    neighbour_features: StrictBool = Field(
+        True, description="The nearest segments left, right, above and below on the same page (never their labels)."
+    )
+    stacking_folds: JsonInt = Field(
+        5, ge=2, le=50, description="Document folds for cross-fitting the second stage and the label-quality check."
+    )
+    label_issues: StrictBool = Field(
+        True, description="Record the examples whose accepted label the model finds most unlikely."
+    )
+    max_label_issues: JsonInt = Field(1000, ge=0, le=1_000_000)
+    fine_tune: StrictBool = Field(
+        False, description="Fine-tune the sentence encoder on the train split first (what `train-st` does)."
+    )
+    fine_tune_max_pairs: JsonInt = Field(2000, ge=2, le=10_000_000)
+    fine_tune_max_seconds: JsonFloat = Field(420.0, gt=0.0, le=86_400.0, allow_inf_nan=False)
     source: Annotated[LiveSource | SnapshotSourceIn, Field(discriminator="kind")] = Field(
         default_factory=lambda: LiveSource(kind="database"),
         description="Default: the live datasets when the run starts.",
     )
+
+    @model_validator(mode="after")
+    def _check_text_models(self) -> TrainingRequest:
+        if not (self.embedding_features or self.char_ngram_features):
+            raise ValueError("a model needs at least one text model: embedding_features or char_ngram_features")
+        if self.fine_tune and (not self.embedding_features or self.embedding_backend != "torch"):
+            raise ValueError("fine_tune needs embedding_features and the torch embedding backend")
+        return self
 
 
 class QueuedRun(BaseModel):
