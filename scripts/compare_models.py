@@ -16,6 +16,7 @@ docs/MODELS.md between its markers.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -50,6 +51,10 @@ CONFIGURATIONS = (
     Configuration("default", "+ layout + neighbours + char n-grams (the default `train`)", ("train",)),
     Configuration("st-embedding", "`train-st`: fine-tuned embedding only", ("train-st", "--no-char-ngrams", "--no-layout", "--no-neighbours")),
     Configuration("st-default", "`train-st` with every family", ("train-st",)),
+    Configuration("st-embedding-16k", "`train-st`, 16,000 pairs: fine-tuned embedding only",
+                  ("train-st", "--fine-tune-max-pairs", "16000", "--no-char-ngrams", "--no-layout", "--no-neighbours")),
+    Configuration("st-default-16k", "`train-st`, 16,000 pairs, every family",
+                  ("train-st", "--fine-tune-max-pairs", "16000")),
 )
 EVAL_FIGURES = ("accuracy", "macro_f1", "coverage", "selective_accuracy")
 
@@ -101,18 +106,25 @@ def main(argv: list[str] | None = None) -> int:
     run([str(Path(python).parent / "dbt"), "build", "--profiles-dir", "profiles", "--target", "duckdb",
          "--target-path", str(work / "dbt-target"), "--log-path", str(work / "dbt-logs"), "--log-level", "error"], setup_env)
 
-    results = []
+    # Figures of earlier invocations with the same --work are kept, so configurations can be
+    # measured one at a time (e.g. only the slow train-st ones again) into one table.
+    saved_file = work / "results.json"
+    saved = json.loads(saved_file.read_text()) if saved_file.exists() else {}
     for configuration in chosen:
-        model_name = f"compare-{configuration.key}"
+        model_name = "compare-" + configuration.key.replace("+", "_")
         run_env = dict(env, TRAINER_ARTIFACTS_URL=str(work / f"artifacts-{configuration.key}"))
         command = [python, "-m", "trainer", *configuration.command, "--model-name", model_name, "--quiet"]
         seconds, peak_mib = run(command, run_env)
         figures = eval_figures(env, model_name)
-        results.append((configuration, seconds, peak_mib, figures))
+        saved[configuration.key] = {"seconds": seconds, "peak_mib": peak_mib, "figures": figures}
+        saved_file.write_text(json.dumps(saved, indent=2))
         print(f"{configuration.key:30s} " + " ".join(f"{name} {figures.get(name) or 0:.3f}" for name in EVAL_FIGURES)
               + f"  {seconds:.0f} s  {peak_mib:.0f} MiB", flush=True)
 
-    write_section(options.output, render(results, argv), START, END)
+    results = [
+        (c, saved[c.key]["seconds"], saved[c.key]["peak_mib"], saved[c.key]["figures"]) for c in CONFIGURATIONS if c.key in saved
+    ]
+    write_section(options.output, render(results, sys.argv[1:] if argv is None else argv), START, END)
     print(f"wrote {options.output}")
     return 0
 
@@ -125,6 +137,8 @@ def render(results, argv) -> str:
     lines += run_header(date, info, LIBRARIES, invoked, invoked)
     lines += [
         "",
+        "Rows measured by earlier invocations with the same `--work` are kept (results.json there), so the "
+        "command above may have measured only some of them; each row's command repeats it alone. "
         "Eval split of the project's split (CONTRACT §3, 20% of documents), default confidence threshold 0.5. "
         "Time is the wall time of the whole command (start-up, reading, embedding every text from an empty "
         "store, fitting, evaluating, saving), peak RSS that of its process.",
@@ -146,7 +160,8 @@ def render(results, argv) -> str:
             f"- default `train`: accuracy {default['accuracy']:.3f} (target ≥ 0.85), macro-F1 {default['macro_f1']:.3f} "
             f"(target ≥ 0.75): **{'met' if met else 'NOT met'}**."
         )
-    for fine_tuned, frozen in (("st-default", "default"), ("st-embedding", "embedding")):
+    for fine_tuned, frozen in (("st-default", "default"), ("st-embedding", "embedding"),
+                               ("st-default-16k", "default"), ("st-embedding-16k", "embedding")):
         if fine_tuned in by_key and frozen in by_key:
             gain = (by_key[fine_tuned]["macro_f1"] - by_key[frozen]["macro_f1"]) * 100
             seconds = next(s for c, s, _, _ in results if c.key == fine_tuned)

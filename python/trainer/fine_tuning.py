@@ -236,6 +236,11 @@ def fine_tune_encoder(
     and ``fine_tuning.json``. ``progress`` shows the trainer's bar (None: only
     on a terminal, as tqdm decides). The trainer's own scratch files go to a
     temporary directory that is removed afterwards.
+
+    ``settings.max_seconds`` bounds the training loop only (not loading the
+    model or saving it). Threads are the caller's: torch's setting as it is
+    (``torch.set_num_threads``). With ``epochs`` > 1 every epoch goes through
+    the same batches, in the same order.
     """
     settings = FineTuneSettings() if settings is None else settings
     if output_dir is None:
@@ -281,7 +286,6 @@ def fine_tune_encoder(
         # work in a fraction of the time.
         def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
             return batches
-
 
     transformers_logging.disable_progress_bar()
     # A fresh copy of the installed weights: the process-wide encoder of
@@ -332,30 +336,32 @@ def fine_tune_encoder(
 
     model.max_seq_length = full_length
     model.eval()
-    _save(model, output_dir)
-    identity = fine_tuned_model_id(output_dir)
-    manifest = {
+    steps = int(outcome.global_step)
+    record = {
         "base_encoder": embedding_model_id().to_dict(),
-        "encoder": identity.to_dict(),
         "settings": settings.to_dict(),
         "loss": LOSSES[settings.loss],
         "pairs": len(pairs),
         "positive_pairs": pairs.positives,
-        "steps": int(outcome.global_step),
+        "steps": steps,
         "seconds": round(seconds, 3),
         "stopped_early": cap.stopped_early,
     }
-    (output_dir / FINE_TUNING_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
-    return FineTuneResult(output_dir, len(pairs), int(outcome.global_step), seconds, cap.stopped_early, identity)
+    _save(model, output_dir, record)
+    identity = fine_tuned_model_id(output_dir)
+    return FineTuneResult(output_dir, len(pairs), steps, seconds, cap.stopped_early, identity)
 
 
-def _save(model, output_dir: Path) -> None:
-    """Save with safetensors only, into a staging sibling renamed into place; refuse pickles."""
+def _save(model, output_dir: Path, record: dict) -> None:
+    """Save with safetensors only, plus ``fine_tuning.json``, into a staging sibling
+    renamed into place (a reader sees a complete directory or none); refuse pickles."""
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
     try:
         model.save(str(staging), safe_serialization=True, create_model_card=False)
         check_safe_directory(staging)
+        record = {**record, "encoder": fine_tuned_model_id(staging).to_dict()}
+        (staging / FINE_TUNING_FILE).write_text(json.dumps(record, indent=2, sort_keys=True), encoding="utf-8")
         if output_dir.exists():
             output_dir.rmdir()  # checked empty above
         staging.rename(output_dir)
