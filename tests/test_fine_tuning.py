@@ -104,6 +104,12 @@ def test_fine_tuned_vectors_and_id_differ_from_the_installed_encoders(tuned, exa
     assert identity.weights_sha256 == hashlib.sha256((result.path / "model.safetensors").read_bytes()).hexdigest()
 
 
+def test_the_same_examples_and_seed_give_the_same_weights(tuned, examples, tmp_path):
+    result, _ = tuned
+    again = fine_tune_encoder(*examples, QUICK, tmp_path / "again", progress=False)
+    assert again.embedding_model == result.embedding_model
+
+
 def test_a_fine_tuned_encoder_runs_on_torch_only(tuned):
     result, _ = tuned
     with pytest.raises(ConfigurationError, match="cannot run a fine-tuned encoder; use 'torch'"):

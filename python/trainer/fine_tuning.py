@@ -194,7 +194,8 @@ def length_batches(pairs: Pairs, tokenizer, batch_size: int, max_length: int, se
     batches are then shuffled. Every pair is in exactly one batch.
     """
     texts = sorted(set(pairs.first) | set(pairs.second))
-    counts = dict(zip(texts, (len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"])))
+    encoded = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+    counts = dict(zip(texts, (len(ids) for ids in encoded)))
     rng = random.Random(f"train-st-batches:{seed}")
     tie = [rng.random() for _ in range(len(pairs))]
     order = sorted(
