@@ -227,7 +227,7 @@ def export_run(settings: Settings, run_id: int, fmt: str, output: Path, split: s
     if output.is_dir():
         raise InputFileError(f"{output}: is a directory; give a file name")
     with open_run_dataset(settings, run_id, fmt, split) as stream:
-        digest = _write_atomically(output, stream.chunks)
+        digest = write_local_file(output, stream.chunks)
     return ExportReport(run_id, output, stream.rows, digest, stream.fingerprint)
 
 
@@ -276,7 +276,9 @@ def _parquet_batches(opener: Callable, split: str, name: str = "dataset") -> Ite
                 yield batch
 
 
-def _write_atomically(output: Path, chunks: Iterator[bytes]) -> str:
+def write_local_file(output: Path, chunks: Iterable[bytes]) -> str:
+    """Write ``chunks`` to a local file whole or not at all (a reader never sees half of
+    it); return their sha256. An OSError becomes one InputFileError line naming the file."""
     temporary = output.with_name(f".{output.name}.partial-{uuid.uuid4().hex}")
     digest = hashlib.sha256()
     try:

@@ -16,14 +16,13 @@ The model's own manifest does not list it, so model archives are unchanged.
 
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from trainer.artifacts import ArtifactStore
 from trainer.errors import ConfigurationError, InputFileError
+from trainer.export import write_local_file
 from trainer.report.data import LABEL_ISSUES_SHOWN, PREDICTIONS_FILE, load_report_data
 from trainer.report.page import render_page
 from trainer.report.plots import Plot, all_plots
@@ -95,13 +94,4 @@ def _write_copy(output: Path, page: bytes, plots: list[Plot]) -> Path:
 
 def _write_local(path: Path, data: bytes) -> None:
     """Write a local file whole or not at all (a reader never sees half a page)."""
-    temporary = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex}")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary.replace(path)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise InputFileError(f"{path}: cannot write: {exc.strerror or exc}") from exc
+    write_local_file(path, [data])
