@@ -336,6 +336,34 @@ def trained(request, tmp_path_factory):
     return space, first, second
 
 
+@dataclass
+class EmbeddingOnlyModel:
+    """A logistic regression on the frozen embedding of six form texts, saved as a
+    SegmentClassifier: what every model was before backends and feature families."""
+
+    store: object
+    uri: str
+    texts: list[str]
+    head: object
+    vectors: object
+
+
+def save_embedding_only_model(root: Path) -> EmbeddingOnlyModel:
+    from sklearn.linear_model import LogisticRegression
+
+    from trainer.artifacts import ArtifactStore
+    from trainer.classifier import SegmentClassifier
+    from trainer.embeddings import embed_texts, embedding_model_id
+
+    texts = ["Date:", "Total amount", "TO: R. J. Reynolds", "Signature", "FROM:", "Yes"]
+    labels = ["question", "answer", "answer", "question", "question", "answer"]
+    vectors = embed_texts(texts, progress=False)
+    head = LogisticRegression(max_iter=1000).fit(vectors, labels)
+    store = ArtifactStore(str(root))
+    uri, _ = SegmentClassifier(head, embedding_model_id(), 0.5, {"model_name": "old"}).save(store, "models/old")
+    return EmbeddingOnlyModel(store, uri, texts, head, vectors)
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3-compatible server (moto, tests/s3_server.py) on 127.0.0.1, stopped at session end.

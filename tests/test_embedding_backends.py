@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import prepared_workspace
+from conftest import prepared_workspace, save_embedding_only_model
 from trainer.arguments import TrainingArguments
 from trainer.artifacts import ArtifactStore, sha256_hex
 from trainer.classifier import MANIFEST, SegmentClassifier
@@ -225,14 +225,8 @@ def test_a_fast_backend_run_records_its_backend_and_its_model_predicts_with_it(d
 
 
 def test_a_model_json_without_a_backend_predicts_with_torch(tmp_path):
-    from sklearn.linear_model import LogisticRegression
-
-    texts = ["Date:", "Total amount", "TO: R. J. Reynolds", "Signature", "FROM:", "Yes"]
-    labels = ["question", "answer", "answer", "question", "question", "answer"]
-    vectors = embed_texts(texts, progress=False)
-    head = LogisticRegression(max_iter=1000).fit(vectors, labels)
-    store = ArtifactStore(str(tmp_path))
-    uri, _ = SegmentClassifier(head, embedding_model_id(), 0.5, {"model_name": "old"}).save(store, "models/old")
+    saved = save_embedding_only_model(tmp_path)
+    store, uri, texts, head, vectors = saved.store, saved.uri, saved.texts, saved.head, saved.vectors
 
     # As a model saved before backends existed: no embedding_backend key.
     manifest = json.loads(store.read_bytes(store.join(uri, MANIFEST)))

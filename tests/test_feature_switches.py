@@ -11,11 +11,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import prepared_workspace
+from conftest import prepared_workspace, save_embedding_only_model
 from trainer.arguments import TrainingArguments
 from trainer.artifacts import ArtifactStore
 from trainer.classifier import EMBEDDING_ONLY, HEAD_FILE, MANIFEST, SegmentClassifier, SegmentRows
-from trainer.embeddings import embed_texts, embedding_model_id
+from trainer.embeddings import embedding_model_id
 from trainer.errors import ConfigurationError
 from trainer.run_outputs import PREDICTIONS_FILE, PREDICTIONS_SCHEMA
 from trainer.segment_features import LAYOUT_FEATURES, NEIGHBOUR_GEOMETRY, TEXT_STAT_FEATURES
@@ -136,14 +136,8 @@ def test_each_family_can_be_switched_off(duckdb_workspace, switches):
 
 
 def test_a_model_saved_before_the_feature_families_still_loads(tmp_path):
-    from sklearn.linear_model import LogisticRegression
-
-    texts = ["Date:", "Total amount", "TO: R. J. Reynolds", "Signature", "FROM:", "Yes"]
-    labels = ["question", "answer", "answer", "question", "question", "answer"]
-    vectors = embed_texts(texts, progress=False)
-    head = LogisticRegression(max_iter=1000).fit(vectors, labels)
-    store = ArtifactStore(str(tmp_path))
-    uri, _ = SegmentClassifier(head, embedding_model_id(), 0.5, {"model_name": "old"}).save(store, "models/old")
+    saved = save_embedding_only_model(tmp_path)
+    store, uri, texts, head, vectors = saved.store, saved.uri, saved.texts, saved.head, saved.vectors
     manifest = json.loads(store.read_bytes(store.join(uri, MANIFEST)))
     for key in ("features", "text_models"):
         del manifest[key]

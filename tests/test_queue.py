@@ -14,6 +14,9 @@ from trainer.results_store import ResultsStore, RunStateError
 
 pytestmark = pytest.mark.slow
 QUEUE_DOCUMENTS = 10  # ~450 examples: a training run takes seconds
+# The queue is under test, not the model: a run without the encoder skips loading it,
+# seconds per trainer process. The killed runs below keep it, to be slow enough to kill.
+QUICK_MODEL = ("--no-embedding",)
 
 
 @pytest.fixture
@@ -61,7 +64,7 @@ def assert_reaped(space: Workspace, run_id: int) -> None:
 
 def test_a_requested_run_is_trained_by_a_worker(queue):
     ghost = stale_run(queue)
-    requested = queue.trainer("request", "--model-name", "queued-model", "--seed", "3")
+    requested = queue.trainer("request", "--model-name", "queued-model", "--seed", "3", *QUICK_MODEL)
     assert requested.returncode == 0, requested.stderr
     run_id = int(requested.stdout.strip())
     import json
@@ -87,7 +90,7 @@ def test_a_requested_run_is_trained_by_a_worker(queue):
 
 
 def test_train_runs_a_queued_run_by_id_and_only_once(queue):
-    run_id = int(queue.trainer("request", "--model-name", "by-id").stdout.strip())
+    run_id = int(queue.trainer("request", "--model-name", "by-id", *QUICK_MODEL).stdout.strip())
     with_options = queue.trainer("train", "--training-run", str(run_id), "--seed", "9")
     assert with_options.returncode == 2 and "drop --seed" in with_options.stderr
     assert runs(queue)[0][1] == "queued"
@@ -105,7 +108,7 @@ def test_train_runs_a_queued_run_by_id_and_only_once(queue):
 
 
 def test_two_workers_run_every_queued_run_exactly_once(queue):
-    run_ids = [int(queue.trainer("request", "--model-name", "shared", "--seed", str(seed)).stdout) for seed in range(4)]
+    run_ids = [int(queue.trainer("request", "--model-name", "shared", "--seed", str(seed), *QUICK_MODEL).stdout) for seed in range(4)]
     workers = [queue.spawn_trainer("worker", "--until-empty", "--quiet", "--poll-interval", "0.2") for _ in range(2)]
     outputs = [process.communicate(timeout=600) for process in workers]
     assert [process.returncode for process in workers] == [0, 0], outputs
@@ -118,7 +121,7 @@ def test_two_workers_run_every_queued_run_exactly_once(queue):
 
 
 def test_four_trainers_at_once_get_versions_one_to_four(queue):
-    trainers = [queue.spawn_trainer("train", "--model-name", "race", "--quiet") for _ in range(4)]
+    trainers = [queue.spawn_trainer("train", "--model-name", "race", "--quiet", *QUICK_MODEL) for _ in range(4)]
     outputs = [process.communicate(timeout=600) for process in trainers]
     assert [process.returncode for process in trainers] == [0, 0, 0, 0], [err for _, err in outputs]
     assert all(not err.strip() or "Error" not in err for _, err in outputs)

@@ -30,7 +30,7 @@ from trainer.errors import ConfigurationError, DatasetError
 from trainer.results_store import ResultsStore
 from trainer.snapshots import ROW_GROUP_ROWS, snapshot_bytes
 from trainer.synthetic import synthetic_examples
-from trainer.model_fitting import new_text_head
+from trainer.model_fitting import fit_segment_model, new_text_head
 from trainer.training import train
 from trainer.training_data import collect_examples, fit_layout, text_probabilities
 
@@ -149,6 +149,25 @@ def test_the_fit_on_grouped_rows_is_the_fit_on_one_row_per_example():
         grouped = new_text_head(args).fit(distinct, list(labels), sample_weight=counts)
         expanded = new_text_head(args).fit(repeated, list(repeated_labels))
         np.testing.assert_allclose(grouped.predict_proba(distinct), expanded.predict_proba(distinct), atol=1e-3)
+
+
+def test_the_char_ngram_model_fit_on_the_filled_columns_is_the_fit_on_every_column(tmp_path):
+    collected = collect_examples(synthetic_examples(2_000, seed=5).to_batches(), str(tmp_path))
+    collected.discard_snapshot_file()
+    inputs, layout = collected.inputs, fit_layout(collected.inputs)
+    args = TrainingArguments(embedding_features=False, layout_features=False, neighbour_features=False)
+    saved = fit_segment_model(inputs, layout, None, args, progress=False).text_heads["char_ngrams"]
+
+    hashing, tfidf, logistic = (saved.named_steps[name] for name in ("hashing", "tfidf", "logistic"))
+    every_column = tfidf.transform(hashing.transform(inputs.texts))
+    direct = new_text_head(args).fit(
+        every_column[layout.train_text], layout.train_labels, sample_weight=layout.train_counts
+    )
+    np.testing.assert_allclose(saved.predict_proba(inputs.texts), direct.predict_proba(every_column), atol=2e-3)
+    filled = np.unique(every_column[layout.train_text].indices)
+    assert len(filled) < hashing.n_features  # the case the compact fit is for
+    assert logistic.coef_.shape[1] == hashing.n_features
+    assert not logistic.coef_[:, np.setdiff1d(np.arange(hashing.n_features), filled)].any()
 
 
 def test_each_distinct_text_is_predicted_once_from_the_rows_the_fit_keeps(tmp_path):

@@ -76,8 +76,15 @@ class _TextModel:
             hashing = char_ngram_vectorizer()
             counts = hashing.transform(inputs.texts)
             tfidf = TfidfTransformer(sublinear_tf=True).fit(counts[layout.train_text])
-            self._text_matrix = tfidf.transform(counts).astype(np.float32)
+            text_matrix = tfidf.transform(counts).astype(np.float32)
             del counts
+            # Only the hashed columns a train text fills can get a weight: the L2 penalty
+            # holds every other coefficient at exactly 0, so a fit on those columns alone
+            # is the same model, and several times faster on a small train split.
+            self._columns = np.unique(text_matrix[layout.train_text].indices)
+            self._width = text_matrix.shape[1]
+            self._text_matrix = text_matrix if len(self._columns) == self._width else text_matrix[:, self._columns]
+            del text_matrix
             self.train_matrix = self._text_matrix[layout.train_text]
             self.pipeline_steps = [("hashing", hashing), ("tfidf", tfidf)]
 
@@ -99,7 +106,18 @@ class _TextModel:
             return head
         from sklearn.pipeline import Pipeline
 
-        return Pipeline([*self.pipeline_steps, ("logistic", head)])
+        return Pipeline([*self.pipeline_steps, ("logistic", self._on_every_column(head))])
+
+    def _on_every_column(self, head):
+        """The head as if fit on every hashed column (the unfilled ones weigh 0), so
+        that it takes the vectorizer's output as it is."""
+        import copy
+
+        full = copy.deepcopy(head)
+        full.coef_ = np.zeros((head.coef_.shape[0], self._width), dtype=head.coef_.dtype)
+        full.coef_[:, self._columns] = head.coef_
+        full.n_features_in_ = self._width
+        return full
 
 
 def fit_segment_model(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -278,8 +279,11 @@ def label_issues_of(inputs, fitted, limit: int) -> list[LabelIssue]:
 
 
 def _seed_everything(seed: int) -> None:
-    import torch
-
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    # torch takes over a second to import, and a run that never encodes (--no-embedding,
+    # cached vectors, ONNX) need not pay for it: encoding is deterministic, and
+    # fine-tuning seeds torch itself (trainer.fine_tuning).
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(seed)
