@@ -133,6 +133,20 @@ def _load_sentence_transformer():
     return SentenceTransformer(str(model_path()), device="cpu")
 
 
+def unload_encoders() -> None:
+    """Drop the encoders this process keeps loaded; the next embedding loads again.
+
+    A training run needs its encoder only while it embeds: unloaded before the fit,
+    its few hundred MB (weights, activations, the tokenizer) are not counted again in
+    the run's peak memory.
+    """
+    import gc
+
+    _load_sentence_transformer.cache_clear()
+    _load_fine_tuned.cache_clear()
+    gc.collect()
+
+
 def embed_texts(
     texts: list[str],
     batch_size: int = 64,

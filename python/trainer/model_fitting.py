@@ -20,7 +20,7 @@ from trainer.segment_model import (
     char_ngram_vectorizer,
     document_folds,
     label_aligned,
-    new_second_stage,
+    fit_second_stage,
     stage_two_features,
 )
 from trainer.training_data import FitLayout, TrainingInputs, train_weights
@@ -74,14 +74,17 @@ class _TextModel:
             from sklearn.feature_extraction.text import TfidfTransformer
 
             hashing = char_ngram_vectorizer()
-            counts = hashing.transform(inputs.texts)
-            tfidf = TfidfTransformer(sublinear_tf=True).fit(counts[layout.train_text])
-            text_matrix = tfidf.transform(counts).astype(np.float32)
-            del counts
+            # float32 counts, turned into tf-idf in place: one matrix of every text at a
+            # time (at a million examples each copy is hundreds of MB).
+            text_matrix = hashing.transform(inputs.texts)
+            train_counts = text_matrix[layout.train_text]
+            tfidf = TfidfTransformer(sublinear_tf=True).fit(train_counts)
             # Only the hashed columns a train text fills can get a weight: the L2 penalty
             # holds every other coefficient at exactly 0, so a fit on those columns alone
             # is the same model, and several times faster on a small train split.
-            self._columns = np.unique(text_matrix[layout.train_text].indices)
+            self._columns = np.unique(train_counts.indices)
+            del train_counts
+            text_matrix = tfidf.transform(text_matrix, copy=False)
             self._width = text_matrix.shape[1]
             self._text_matrix = text_matrix if len(self._columns) == self._width else text_matrix[:, self._columns]
             del text_matrix
@@ -168,6 +171,10 @@ def fit_segment_model(
             bar.update()
         seconds[f"fit_{name}"] = time.perf_counter() - started
         del model
+        if name == "embedding":
+            # The caller hands the vectors over (trainer.training): dropped here, they
+            # are gone before the n-gram matrices and the second stage's exist.
+            vectors = None
 
     if not features.stacked:
         # One text model decides: its full fit's probabilities; the cross-fitted
@@ -187,7 +194,7 @@ def fit_segment_model(
     seconds["features"] = time.perf_counter() - started
     started = time.perf_counter()
     train_labels = inputs.labels(is_train)
-    head = new_second_stage(args.seed).fit(design[is_train], train_labels)
+    head = fit_second_stage(design, is_train, train_labels, args.seed)
     bar.update()
     probabilities = _predict_rows(head, design, classes)
     seconds["fit_second_stage"] = time.perf_counter() - started
@@ -198,7 +205,7 @@ def fit_segment_model(
         out_of_sample = probabilities.copy()
         for fold in range(fold_count):
             fit_rows = is_train & (folds != fold)
-            fold_head = new_second_stage(args.seed).fit(design[fit_rows], inputs.labels(fit_rows))
+            fold_head = fit_second_stage(design, fit_rows, inputs.labels(fit_rows), args.seed)
             rows = np.flatnonzero(folds == fold)
             out_of_sample[rows] = label_aligned(fold_head.predict_proba(design[rows]), fold_head.classes_, classes)
             bar.update()

@@ -38,6 +38,7 @@ TEXT_MODELS = ("embedding", "char_ngrams")
 # (docs/MODELS.md); fixed, so that the same arguments always build the same model.
 SECOND_STAGE_C = 0.1
 SECOND_STAGE_MAX_ITER = 5000
+_SCALER_CHUNK_ROWS = 65_536
 CHAR_NGRAMS = dict(analyzer="char_wb", ngram_range=(2, 4), n_features=2**16, alternate_sign=False, norm=None)
 
 
@@ -96,17 +97,26 @@ def stage_two_features(
     return np.hstack(parts).astype(np.float32, copy=False)
 
 
-def new_second_stage(seed: int):
+def fit_second_stage(design: np.ndarray, rows: np.ndarray, labels, seed: int):
+    """The second stage fit on the rows of ``design`` that ``rows`` (a mask) selects:
+    a Pipeline of a StandardScaler and the logistic regression.
+
+    The scaler learns in chunks and then scales one copy of the rows in place, so the
+    fit holds one copy of its rows where a Pipeline's own fit holds two (the rows and
+    their scaled copy): hundreds of MB at a million examples.
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return Pipeline(
-        [
-            ("scale", StandardScaler()),
-            ("logistic", LogisticRegression(C=SECOND_STAGE_C, max_iter=SECOND_STAGE_MAX_ITER, random_state=seed)),
-        ]
-    )
+    indices = np.flatnonzero(rows)
+    scaler = StandardScaler()
+    for start in range(0, len(indices), _SCALER_CHUNK_ROWS):
+        scaler.partial_fit(design[indices[start : start + _SCALER_CHUNK_ROWS]])
+    matrix = scaler.transform(design[indices], copy=False)
+    logistic = LogisticRegression(C=SECOND_STAGE_C, max_iter=SECOND_STAGE_MAX_ITER, random_state=seed)
+    logistic.fit(matrix, labels)
+    return Pipeline([("scale", scaler), ("logistic", logistic)])
 
 
 def document_folds(document_code: np.ndarray, is_train: np.ndarray, folds: int, seed: int) -> np.ndarray:

@@ -25,7 +25,7 @@ from trainer.classifier import SegmentClassifier
 from trainer.dataset import check_trainable
 from trainer.db import Database
 from trainer.embedding_cache import EmbeddingCache, embed_with_cache
-from trainer.embeddings import embed_texts, embedding_model_id
+from trainer.embeddings import embed_texts, embedding_model_id, unload_encoders
 from trainer.errors import DatasetError, TrainerError, TrainingFailed
 from trainer.evaluation import evaluate
 from trainer.heartbeat import Heartbeat, worker_identity
@@ -174,9 +174,15 @@ def _train_run(
     layout = fit_layout(inputs)
     with tempfile.TemporaryDirectory(prefix="trainer-encoder-") as scratch:
         encoder = _fine_tune(run_id, layout, inputs, args, store, Path(scratch) / "encoder", progress) if args.fine_tune else None
-        vectors = _embed(run_id, layout, inputs, args, context, store, encoder, progress) if args.embedding_features else None
-        fitted = fit_segment_model(inputs, layout, vectors, args, progress)
-        del vectors
+        # The vectors are handed over, never named here: the fit drops them once the
+        # text models are done (hundreds of MB at a million examples).
+        fitted = fit_segment_model(
+            inputs,
+            layout,
+            _embed(run_id, layout, inputs, args, context, store, encoder, progress) if args.embedding_features else None,
+            args,
+            progress,
+        )
         store.add_params(run_id, {"fit_seconds": {name: round(value, 3) for name, value in fitted.seconds.items()}})
         return _register(run_id, args, context, inputs, fitted, encoder, fingerprint, snapshot, train_size, eval_size)
 
@@ -210,6 +216,7 @@ def _embed(run_id, layout, inputs, args, context, store, encoder, progress):
         ),
         progress=progress,
     )
+    unload_encoders()  # the fit does not need it: the run's peak memory is the fit's
     # Not under "embedding_cache": that key is the TrainingArguments switch.
     store.add_params(run_id, {"embedding_cache_hits": embedded.hits, "embedded_texts": embedded.embedded})
     return embedded.vectors
