@@ -7,8 +7,14 @@ into a fresh DuckDB (or PostgreSQL) workspace and builds the views with `dbt run
 process and samples the resident memory of its whole process tree from /proc every
 ``--interval`` seconds. It prints, per run: wall seconds, CPU seconds (user + system,
 all threads: on a shared machine a steadier figure than wall time), the sampled peak
-of the tree's summed RSS, and the child's own high-water mark (``ru_maxrss`` from
-wait4, exact, whatever the sampling missed).
+of the tree's summed RSS (the trainer and, on a cold run, its encoder process), and
+each process's own high-water mark (VmHWM: exact and monotonic, read at every sample,
+so only a peak in a process's last ``--interval`` could be missed).
+
+Not ``ru_maxrss`` from wait4: Linux carries a process's high-water mark over exec, so
+a child's ru_maxrss is at least the RSS of this script when it forked, which holds the
+generated annotations (2,543 MiB at 1M: a cold and a warm run both reported exactly
+that).
 
     .venv/bin/python scripts/bench_trainer_memory.py --annotations 1000000 [--runs 2]
         [--engine duckdb] [--workdir DIR] [--keep] [--artifacts DIR] [--trainer-arg --no-embedding-cache]
@@ -123,7 +129,10 @@ def run_trainer(space, artifacts: Path, extra: list[str], interval: float, log_p
         "sampled_peak_at_s": sampler.peak_at,
         "samples": sampler.samples,
         "processes_seen": len(sampler.hwm_kib),
-        "ru_maxrss_mib": usage.ru_maxrss / 1024,
+        # Each process's own high-water mark (VmHWM) as last sampled: the trainer first,
+        # then, on a cold run, its encoder process (trainer.encoder_process).
+        "vm_hwm_mib_by_process": [round(kib / 1024) for kib in sampler.hwm_kib.values()],
+        "trainer_vm_hwm_mib": round(sampler.hwm_kib.get(process.pid, 0) / 1024),
         # CPU seconds of the trainer (all its threads): unlike wall time, not stretched by other load.
         "cpu_seconds": usage.ru_utime + usage.ru_stime,
         "embedded_texts": params.get("embedded_texts"),
@@ -184,9 +193,10 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
             bench.log(
                 f"run {result['run_id']}: {result['seconds']:.1f} s wall ({result['cpu_seconds']:.0f} CPU s), "
-                f"peak RSS {result['ru_maxrss_mib']:.0f} MiB "
-                f"(ru_maxrss), sampled tree peak {result['sampled_peak_tree_mib']:.0f} MiB at "
-                f"{result['sampled_peak_at_s']:.1f} s ({result['processes_seen']} process(es)); "
+                f"trainer peak RSS {result['trainer_vm_hwm_mib']} MiB "
+                f"(VmHWM), sampled tree peak {result['sampled_peak_tree_mib']:.0f} MiB at "
+                f"{result['sampled_peak_at_s']:.1f} s ({result['processes_seen']} process(es), VmHWM each "
+                f"{', '.join(str(value) for value in result['vm_hwm_mib_by_process'])} MiB); "
                 f"embedded {result['embedded_texts']}, cache hits {result['embedding_cache_hits']}")
         print(json.dumps({"annotations": args.annotations, "engine": space.engine, "examples": examples,
                           "distinct_texts": distinct, "runs": results}, indent=2))

@@ -32,7 +32,9 @@ from trainer.embeddings import (
     ensure_export,
     export_directory,
     exported_encoder,
+    length_bounded_runs,
     load_encoder,
+    texts_per_pass,
 )
 from trainer.errors import ArtifactError, ConfigurationError
 
@@ -72,11 +74,43 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+def test_long_texts_go_through_the_encoder_fewer_at_a_time():
+    paragraph = "The undersigned certifies that the statements made herein are true. " * 12
+    texts = [f"{paragraph}{i}" for i in range(20)] + ["Date:", "12/3/98", "Name of company"] * 10
+    assert texts_per_pass("Date:", 64) == 64
+    assert texts_per_pass(paragraph, 64) == 16  # 64 x 64 tokens over the encoder's 256
+    assert texts_per_pass(paragraph, 8) == 8  # never more than asked for
+    assert texts_per_pass("x" * 300, 64) == 64 * 64 // (2 + 100)  # about 3 characters a token
+
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    for batch_size, passes in ((64, 2), (64, 1), (8, 1), (8, 3)):
+        runs = list(length_bounded_runs(order, texts, batch_size, passes))
+        assert [index for run, _ in runs for index in run] == order  # every text once, in order
+        assert all(1 <= len(run) <= passes * size for run, size in runs)
+        assert all(size == texts_per_pass(texts[i], batch_size) for run, size in runs for i in run)
+        assert [size for _, size in runs] == sorted(size for _, size in runs)
+    runs = list(length_bounded_runs(order, texts, 8, 1))
+    assert [len(run) for run, _ in runs] == [8] * 6 + [2]  # 50 texts, 8 a pass whatever their length
+    runs = list(length_bounded_runs(order, texts, 64, 2))
+    assert [(len(run), size) for run, size in runs] == [(20, 16), (30, 64)]
+
+    # Smaller passes for the paragraphs, the same vectors as one text at a time.
+    np.testing.assert_allclose(
+        embed_texts(texts, progress=False), embed_texts(texts, batch_size=1, progress=False), atol=1e-5
+    )
+
+
 def test_fast_backends_give_the_vectors_of_torch(encoder_cache):
     reference = embed_texts(TEXTS, progress=False)
-    # The default is unchanged: plain SentenceTransformer.encode, bit for bit.
-    plain = load_encoder().encode(TEXTS, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
-    assert np.array_equal(reference, plain)
+    # The default is plain SentenceTransformer.encode: bit for bit on short texts; a
+    # long text goes through in a smaller batch of its own, so padding moves the
+    # last float bits.
+    encoder = load_encoder()
+    plain = encoder.encode(TEXTS, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+    np.testing.assert_allclose(reference, plain, atol=1e-6)
+    short = [text for text in TEXTS if len(text) < 100]
+    plain_short = encoder.encode(short, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+    assert np.array_equal(embed_texts(short, progress=False), plain_short)
     assert np.array_equal(reference, embed_texts(TEXTS, progress=False, backend="torch"))
 
     for backend in EMBEDDING_BACKENDS:

@@ -30,7 +30,8 @@ class TrainingArguments:
             ``selective_accuracy`` metrics and is stored with the model.
         seed: Seed for every random choice of the run; the same examples and
             seed give the same model and metrics.
-        embedding_batch_size: Texts per forward pass of the sentence encoder.
+        embedding_batch_size: Texts per forward pass of the sentence encoder; long
+            texts go fewer at a time, to bound memory (``trainer.embeddings``).
         regularization: Inverse regularisation strength ``C`` of the logistic
             regression head; smaller is smoother.
         class_weight: ``"none"`` weighs every example the same;

@@ -293,7 +293,11 @@ def training_options(command):
         "embed only new texts.",
     )(command)
     command = click.option(
-        "--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Texts per encoder batch."
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=64,
+        show_default=True,
+        help="Texts per encoder batch (fewer for long texts, to bound memory).",
     )(command)
     command = click.option(
         "--seed", type=int, default=42, show_default=True, help="Seed of every random choice of the run."

@@ -25,7 +25,8 @@ from trainer.classifier import SegmentClassifier
 from trainer.dataset import check_trainable
 from trainer.db import Database
 from trainer.embedding_cache import EmbeddingCache, embed_with_cache
-from trainer.embeddings import embed_texts, embedding_model_id, unload_encoders
+from trainer.embeddings import embedding_model_id
+from trainer.encoder_process import EncoderProcess
 from trainer.errors import DatasetError, TrainerError, TrainingFailed
 from trainer.evaluation import evaluate
 from trainer.heartbeat import Heartbeat, worker_identity
@@ -208,15 +209,11 @@ def _embed(run_id, layout, inputs, args, context, store, encoder, progress):
     # A fine-tuned encoder is this run's alone: nothing to share through the cache.
     cache = EmbeddingCache(context.artifacts, model_id, backend) if args.embedding_cache and not encoder else None
     model_path = encoder.path if encoder else None
-    embedded = embed_with_cache(
-        layout.texts(inputs),
-        cache,
-        lambda distinct: embed_texts(
-            distinct, batch_size=args.embedding_batch_size, progress=False, backend=backend, model_path=model_path
-        ),
-        progress=progress,
-    )
-    unload_encoders()  # the fit does not need it: the run's peak memory is the fit's
+    # The encoder runs in a process of its own, started when the cache lacks a text:
+    # torch and the model leave no memory behind in this one, where the fit comes
+    # next (trainer.encoder_process).
+    with EncoderProcess(batch_size=args.embedding_batch_size, backend=backend, model_path=model_path) as process:
+        embedded = embed_with_cache(layout.texts(inputs), cache, process.embed, progress=progress)
     # Not under "embedding_cache": that key is the TrainingArguments switch.
     store.add_params(run_id, {"embedding_cache_hits": embedded.hits, "embedded_texts": embedded.embedded})
     return embedded.vectors
