@@ -202,10 +202,12 @@ def _return_freed_memory() -> None:
     with the number of texts; trimmed every few passes (:data:`_PASSES_PER_CALL`), it
     stays within about 200 MiB over the loaded encoder, in the same time.
     """
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
+@functools.cache
 def _glibc():
     import ctypes
     import ctypes.util
@@ -218,9 +220,6 @@ def _glibc():
         return libc if hasattr(libc, "malloc_trim") else None
     except OSError:
         return None
-
-
-_LIBC = _glibc()
 
 
 def texts_per_pass(text: str, batch_size: int) -> int:
