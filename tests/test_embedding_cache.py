@@ -8,11 +8,13 @@ import sys
 import textwrap
 
 import numpy as np
+import psutil
 import pytest
 
 from conftest import prepared_workspace
 from trainer.artifacts import ArtifactStore
-from trainer.embedding_cache import EmbeddingCache, embed_with_cache, text_digests
+from trainer.embedding_cache import EmbeddingCache, EmbeddingJob, embed_with_cache, text_digests
+from trainer.encoder_process import EncoderProcess
 from trainer.embeddings import EmbeddingModelId, embed_texts, embedding_model_id
 
 TEXTS = ["Date:", "TO: R. J. Reynolds", "Date:", "Total amount", "«Größe» 👩‍🔬", "line\nbreak", "TO: R. J. Reynolds"]
@@ -45,6 +47,43 @@ def test_a_second_pass_embeds_nothing_and_returns_the_same_vectors(tmp_path):
     more = embed_with_cache(TEXTS + ["a text never seen"], cache, encoder)
     assert encoder.calls[-1] == ["a text never seen"] and (more.hits, more.embedded) == (5, 1)
     assert np.array_equal(more.vectors[:-1], cold.vectors)
+
+
+def test_the_matrix_is_built_after_the_encoder_process_is_gone(tmp_path):
+    cache = EmbeddingCache(ArtifactStore(str(tmp_path)), embedding_model_id())
+    embed_with_cache(TEXTS[:2], cache, RecordingEncoder())  # two of the five distinct texts cached
+    texts = TEXTS + ["a text never seen"]
+    with EmbeddingJob(texts, cache, chunk_texts=2) as job:
+        assert len(job.missing) == 4
+        with EncoderProcess(batch_size=8) as encoder:
+            job.embed_missing(encoder.embed, progress=False)
+            child = encoder.pid
+        assert child is not None and not psutil.pid_exists(child)  # ended before the matrix exists
+        spooled = [path for _, path in job._spooled]
+        assert len(spooled) == 2 and all(path.exists() for path in spooled)
+        embedded = job.result()
+    assert not any(path.exists() for path in spooled)  # the spool goes with the job
+    assert (embedded.hits, embedded.embedded) == (2, 4)
+    np.testing.assert_allclose(embedded.vectors, embed_texts(texts, progress=False), atol=1e-5)
+    assert np.array_equal(embedded.vectors[1], embedded.vectors[6])  # the same text, the same row
+
+
+def test_a_job_without_a_cache_embeds_each_distinct_text_once():
+    encoder = RecordingEncoder()
+    with EmbeddingJob(TEXTS, None, chunk_texts=3) as job:
+        with pytest.raises(RuntimeError, match="5 texts are not embedded yet"):
+            job.result()
+        job.embed_missing(encoder, progress=False)
+        embedded = job.result()
+    assert sorted(text for call in encoder.calls for text in call) == sorted(set(TEXTS))
+    assert [len(call) for call in encoder.calls] == [3, 2]
+    assert (embedded.hits, embedded.embedded) == (0, 5)
+    np.testing.assert_allclose(embedded.vectors, embed_texts(TEXTS, progress=False), atol=1e-5)
+
+
+def test_an_encoder_that_returns_the_wrong_shape_is_an_error():
+    with EmbeddingJob(TEXTS, None) as job, pytest.raises(ValueError, match=r"returned \(4, 3\) vectors for 5 texts"):
+        job.embed_missing(lambda texts: np.zeros((4, 3), dtype=np.float32), progress=False)
 
 
 def test_texts_are_embedded_and_stored_a_chunk_at_a_time_and_a_crash_keeps_finished_chunks(tmp_path):

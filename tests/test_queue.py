@@ -130,13 +130,16 @@ def test_four_trainers_at_once_get_versions_one_to_four(queue):
     assert [row[1] for row in runs(queue)] == ["succeeded"] * 4
 
 
-FAST_HEARTBEAT = {"TRAINER_HEARTBEAT_INTERVAL": "0.5", "TRAINER_HEARTBEAT_TIMEOUT": "4"}
+# A timeout long enough for `trainer reap` to start on a loaded machine before it expires.
+FAST_HEARTBEAT = {"TRAINER_HEARTBEAT_INTERVAL": "0.5", "TRAINER_HEARTBEAT_TIMEOUT": "10"}
 
 
-def start_and_kill(space: Workspace) -> int:
+def start_and_kill(space: Workspace, **env: str) -> int:
     """Start a real training process, wait until it beats, then kill -9 it."""
     # One text per encoder batch: the run lasts long enough to be killed mid-way.
-    process = space.spawn_trainer("train", "--model-name", "doomed", "--quiet", "--batch-size", "1", **FAST_HEARTBEAT)
+    process = space.spawn_trainer(
+        "train", "--model-name", "doomed", "--quiet", "--batch-size", "1", **FAST_HEARTBEAT, **env
+    )
 
     def beating():
         rows = space.query(
@@ -158,7 +161,7 @@ def test_a_killed_training_process_is_reaped_as_worker_lost(queue):
     early = queue.trainer("reap", **FAST_HEARTBEAT)
     assert early.returncode == 0 and "Reaped 0 run(s)." in early.stdout  # its heartbeat is still fresh
     last_beat = runs(queue)[0][4]
-    time.sleep(4.5)
+    time.sleep(10.5)
 
     result = queue.trainer("reap", **FAST_HEARTBEAT)
     assert result.returncode == 0, result.stderr
@@ -166,9 +169,21 @@ def test_a_killed_training_process_is_reaped_as_worker_lost(queue):
     _, status, error, worker, _ = runs(queue)[0]
     assert status == "failed"
     assert error == (
-        f"worker lost: {worker} sent no heartbeat since {last_beat:%Y-%m-%d %H:%M:%S} UTC (timeout 4s)"
+        f"worker lost: {worker} sent no heartbeat since {last_beat:%Y-%m-%d %H:%M:%S} UTC (timeout 10s)"
     )
     assert versions(queue, "doomed") == []
+
+
+def test_the_next_run_removes_the_local_files_a_killed_run_left(queue, tmp_path):
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    start_and_kill(queue, TMPDIR=str(tmpdir))
+    left = list(tmpdir.glob("trainer-run-*"))
+    assert len(left) == 1  # SIGKILL: nothing could clean up
+
+    result = queue.trainer("train", "--model-name", "next", "--quiet", TMPDIR=str(tmpdir))
+    assert result.returncode == 0, result.stderr
+    assert list(tmpdir.glob("trainer-*")) == []  # the killed run's directory and the new run's own
 
 
 def test_a_terminated_run_is_marked_failed(queue):

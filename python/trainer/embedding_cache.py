@@ -16,7 +16,8 @@ is skipped, and its texts are embedded again.
 
 Memory stays bounded at any scale: a run embeds the texts the cache lacks a chunk
 (``EMBED_CHUNK_TEXTS``) at a time and stores each chunk as a shard right away, and
-reads shards a row group (``SHARD_ROW_GROUP``) at a time straight into its matrix.
+reads shards a row group (``SHARD_ROW_GROUP``) at a time straight into its matrix,
+which it builds only once the encoder is done (:class:`EmbeddingJob`).
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +38,7 @@ import pyarrow.parquet as pq
 from trainer.artifacts import ArtifactStore, sha256_hex
 from trainer.embeddings import EmbeddingModelId
 from trainer.errors import ArtifactError
+from trainer.scratch import scratch_directory
 
 EMBEDDINGS_PREFIX = "embeddings"
 # Texts embedded (and stored as one shard) at a time: bounds the memory of a cold
@@ -71,6 +75,17 @@ class EmbeddingCache:
             [("text_sha256", pa.binary(32)), ("vector", pa.list_(pa.float32(), encoder.dimension))]
         )
 
+    def find(self, wanted: pa.Array) -> np.ndarray:
+        """Which of ``wanted`` (distinct digests) the cache holds, as a bool per digest.
+
+        Reads the digest column alone, so nothing the size of the vectors is held.
+        """
+        found = np.zeros(len(wanted), dtype=bool)
+        for batch in self._readable_batches(columns=["text_sha256"]):
+            positions = pc.fill_null(pc.index_in(batch.column(0), value_set=wanted), -1).to_numpy(zero_copy_only=False)
+            found[positions[positions >= 0]] = True
+        return found
+
     def fill(self, wanted: pa.Array, destination: np.ndarray, rows: np.ndarray, found: np.ndarray) -> None:
         """Copy the cached vector of each ``wanted[i]`` (distinct digests) into
         ``destination[rows[i]]`` and set ``found[i]``.
@@ -81,21 +96,25 @@ class EmbeddingCache:
         """
         if len(wanted) == 0:
             return
+        for batch in self._readable_batches(columns=["text_sha256", "vector"]):
+            positions = pc.fill_null(pc.index_in(batch.column(0), value_set=wanted), -1)
+            positions = positions.to_numpy(zero_copy_only=False)
+            matched = positions >= 0
+            if not matched.any():
+                continue
+            vectors = batch.column(1).flatten().to_numpy(zero_copy_only=False)
+            vectors = vectors.reshape(-1, self.encoder.dimension)
+            destination[rows[positions[matched]]] = vectors[matched]
+            found[positions[matched]] = True
+
+    def _readable_batches(self, columns: list[str]) -> Iterator[pa.RecordBatch]:
+        """Every shard's rows, a row group at a time, skipping what cannot be read."""
         for stored in self.store.list_files(self.prefix):
             name = stored.relative_path.rsplit("/", 1)[-1]
             if name.startswith(".") or not name.endswith(".parquet"):
                 continue  # a write in progress, or a killed one
             try:
-                for batch in self._shard_batches(stored.uri):
-                    positions = pc.fill_null(pc.index_in(batch.column(0), value_set=wanted), -1)
-                    positions = positions.to_numpy(zero_copy_only=False)
-                    matched = positions >= 0
-                    if not matched.any():
-                        continue
-                    vectors = batch.column(1).flatten().to_numpy(zero_copy_only=False)
-                    vectors = vectors.reshape(-1, self.encoder.dimension)
-                    destination[rows[positions[matched]]] = vectors[matched]
-                    found[positions[matched]] = True
+                yield from self._shard_batches(stored.uri, columns)
             except (ArtifactError, OSError, ValueError, KeyError, pa.ArrowException) as exc:
                 log.warning("embedding cache: skipping unreadable shard %s: %s", stored.uri, exc)
 
@@ -133,13 +152,134 @@ class EmbeddingCache:
         uri, _ = self.store.write_bytes(relative, data)
         return uri
 
-    def _shard_batches(self, uri: str) -> Iterator[pa.RecordBatch]:
+    def _shard_batches(self, uri: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
         with self.store.open_read(uri) as handle:
             shard = pq.ParquetFile(handle)
             vector_type = shard.schema_arrow.field("vector").type
             if vector_type != self._schema.field("vector").type:
                 raise ValueError(f"vectors of type {vector_type}")
-            yield from shard.iter_batches(batch_size=SHARD_ROW_GROUP, columns=["text_sha256", "vector"])
+            yield from shard.iter_batches(batch_size=SHARD_ROW_GROUP, columns=columns)
+
+
+class EmbeddingJob:
+    """Vectors for ``texts`` (one float32 row per text, in order; equal texts get
+    the same vector): from the cache where it has them, embedded otherwise, in two
+    steps so that the encoder and the result are never in memory together.
+
+        with EmbeddingJob(texts, cache) as job:
+            with EncoderProcess(...) as encoder:     # or any texts -> vectors callable
+                job.embed_missing(encoder.embed)
+            embedded = job.result()                  # after the encoder is gone
+
+    :meth:`embed_missing` embeds the texts the cache lacks once each, longest first,
+    ``chunk_texts`` at a time; each chunk is added to the cache as its own shard as
+    soon as it is done (an interrupted run keeps the chunks it finished) and spooled
+    to a local file. Only :meth:`result` builds the matrix, from the cache and the
+    spool. At 1M annotations the matrix is about 500 MB, and the encoder process
+    about 1 GB (docs/BENCHMARKS.md): held at once, they were the run's peak.
+    """
+
+    def __init__(
+        self,
+        texts: list[str],
+        cache: EmbeddingCache | None,
+        chunk_texts: int = EMBED_CHUNK_TEXTS,
+        spool_directory: Path | None = None,
+    ):
+        """``spool_directory``: where the chunks are spooled (made if missing, removed
+        by :meth:`close`); by default a new scratch directory (trainer.scratch)."""
+        self._texts = texts
+        self._cache = cache
+        self._chunk_texts = chunk_texts
+        digests = text_digests(texts)
+        slot_of: dict[bytes, int] = {}  # distinct digest -> its slot, in order of first appearance
+        self._text_slot = np.fromiter(
+            (slot_of.setdefault(d, len(slot_of)) for d in digests), dtype=np.int64, count=len(texts)
+        )
+        del digests
+        self._digests = list(slot_of)
+        _, self._first_row = np.unique(self._text_slot, return_index=True)  # the first row of each slot
+        self._cached = np.zeros(len(self._digests), dtype=bool)
+        if cache is not None and self._digests:
+            self._cached = cache.find(pa.array(self._digests, type=pa.binary(32)))
+        missing = np.flatnonzero(~self._cached)
+        lengths = [-len(texts[self._first_row[slot]]) for slot in missing]
+        self.missing = missing[np.argsort(lengths, kind="stable")]  # slots to embed, longest text first
+        self._spooled: list[tuple[np.ndarray, Path]] = []  # (slots, file of their vectors)
+        self._spool_directory = spool_directory
+        self._spool: Path | None = None
+        self._own_spool = None  # the TemporaryDirectory behind _spool when this job made it
+        self._dimension = cache.encoder.dimension if cache is not None else None
+
+    def __enter__(self) -> EmbeddingJob:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._spool is not None:
+            shutil.rmtree(self._spool, ignore_errors=True)
+            self._spool = None
+        if self._own_spool is not None:
+            self._own_spool.cleanup()
+            self._own_spool = None
+
+    def _spool_path(self, index: int) -> Path:
+        if self._spool is None:
+            if self._spool_directory is None:
+                self._own_spool = scratch_directory("vectors")
+                self._spool = Path(self._own_spool.name)
+            else:
+                self._spool = Path(self._spool_directory)
+                self._spool.mkdir(parents=True, exist_ok=True)
+        return self._spool / f"{index}.f32"
+
+    def embed_missing(self, embed: Callable[[list[str]], np.ndarray], progress: bool | None = None) -> None:
+        """Embed what the cache lacks; ``progress`` shows one bar over all of it."""
+        from tqdm.auto import tqdm
+
+        if not len(self.missing):
+            return
+        # disable=None: a bar only on a terminal.
+        with tqdm(total=len(self.missing), desc="Embedding", unit="segment",
+                  disable=None if progress is None else not progress) as bar:  # fmt: skip
+            for start in range(len(self._spooled) * self._chunk_texts, len(self.missing), self._chunk_texts):
+                chunk = self.missing[start : start + self._chunk_texts]
+                fresh = np.ascontiguousarray(embed([self._texts[row] for row in self._first_row[chunk]]), dtype=np.float32)
+                if self._dimension is None:
+                    self._dimension = fresh.shape[1]
+                if fresh.shape != (len(chunk), self._dimension):
+                    raise ValueError(f"the encoder returned {fresh.shape} vectors for {len(chunk)} texts")
+                if self._cache is not None:
+                    self._cache.add([self._digests[slot] for slot in chunk], fresh)
+                path = self._spool_path(len(self._spooled))
+                fresh.tofile(path)
+                self._spooled.append((chunk, path))
+                bar.update(len(chunk))
+
+    def result(self) -> CachedEmbeddings:
+        """The matrix, from the cache and the spooled chunks."""
+        embedded = sum(len(slots) for slots, _ in self._spooled)
+        if embedded != len(self.missing):
+            raise RuntimeError(f"{len(self.missing) - embedded} texts are not embedded yet: call embed_missing first")
+        vectors = np.empty((len(self._texts), self._dimension or 0), dtype=np.float32)
+        cached = np.flatnonzero(self._cached)
+        if len(cached):
+            found = np.zeros(len(cached), dtype=bool)
+            wanted = pa.array([self._digests[slot] for slot in cached], type=pa.binary(32))
+            self._cache.fill(wanted, vectors, self._first_row[cached], found)
+            if not found.all():  # a shard removed or damaged since find()
+                raise ArtifactError(
+                    f"{int((~found).sum())} cached vectors could not be read back from the embedding cache "
+                    f"{self._cache.store.uri(self._cache.prefix)} (removed or damaged during this run); run again"
+                )
+        for slots, path in self._spooled:
+            vectors[self._first_row[slots]] = np.fromfile(path, dtype=np.float32).reshape(len(slots), -1)
+        rows = np.arange(len(self._texts))
+        repeated = np.flatnonzero(self._first_row[self._text_slot] != rows)
+        vectors[repeated] = vectors[self._first_row[self._text_slot[repeated]]]
+        return CachedEmbeddings(vectors, len(cached), embedded)
 
 
 def embed_with_cache(
@@ -149,41 +289,8 @@ def embed_with_cache(
     progress: bool | None = None,
     chunk_texts: int = EMBED_CHUNK_TEXTS,
 ) -> CachedEmbeddings:
-    """Vectors for ``texts`` (one float32 row per text, in order; equal texts get
-    the same vector): from the cache where it has them, from ``embed`` otherwise.
-
-    The texts the cache lacks are embedded once each, longest first, ``chunk_texts``
-    at a time, and each chunk is added to the cache as its own shard as soon as it
-    is done: besides the result, memory holds one chunk, and an interrupted run
-    keeps the chunks it finished. ``progress`` shows one bar over all of them.
-    """
-    from tqdm.auto import tqdm
-
-    digests = text_digests(texts)
-    slot_of: dict[bytes, int] = {}  # distinct digest -> its slot, in order of first appearance
-    text_slot = np.fromiter((slot_of.setdefault(d, len(slot_of)) for d in digests), dtype=np.int64, count=len(texts))
-    del digests
-    _, first_row = np.unique(text_slot, return_index=True)  # the first row of each slot
-    found = np.zeros(len(slot_of), dtype=bool)
-    vectors = np.empty((len(texts), cache.encoder.dimension if cache is not None else 0), dtype=np.float32)
-    if cache is not None:
-        cache.fill(pa.array(list(slot_of), type=pa.binary(32)), vectors, first_row, found)
-
-    missing = np.flatnonzero(~found)
-    missing = missing[np.argsort([-len(texts[first_row[slot]]) for slot in missing], kind="stable")]
-    slot_digests = list(slot_of) if len(missing) else []
-    # disable=None: a bar only on a terminal.
-    disable = True if not len(missing) else (None if progress is None else not progress)
-    with tqdm(total=len(missing), desc="Embedding", unit="segment", disable=disable) as bar:
-        for start in range(0, len(missing), chunk_texts):
-            chunk = missing[start : start + chunk_texts]
-            fresh = np.asarray(embed([texts[row] for row in first_row[chunk]]), dtype=np.float32)
-            if vectors.shape[1] != fresh.shape[1]:  # no cache told the dimension
-                vectors = np.empty((len(texts), fresh.shape[1]), dtype=np.float32)
-            vectors[first_row[chunk]] = fresh
-            if cache is not None:
-                cache.add([slot_digests[slot] for slot in chunk], fresh)
-            bar.update(len(chunk))
-    repeated = np.flatnonzero(first_row[text_slot] != np.arange(len(texts)))
-    vectors[repeated] = vectors[first_row[text_slot[repeated]]]
-    return CachedEmbeddings(vectors, int(found.sum()), len(missing))
+    """:class:`EmbeddingJob` in one call, for an encoder that may stay in memory
+    while the result is built."""
+    with EmbeddingJob(texts, cache, chunk_texts) as job:
+        job.embed_missing(embed, progress)
+        return job.result()

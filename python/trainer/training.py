@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import random
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from trainer.artifacts import ArtifactStore
 from trainer.classifier import SegmentClassifier
 from trainer.dataset import check_trainable
 from trainer.db import Database
-from trainer.embedding_cache import EmbeddingCache, embed_with_cache
+from trainer.embedding_cache import EmbeddingCache, EmbeddingJob
 from trainer.embeddings import embedding_model_id
 from trainer.encoder_process import EncoderProcess
 from trainer.errors import DatasetError, TrainerError, TrainingFailed
@@ -32,6 +31,7 @@ from trainer.evaluation import evaluate
 from trainer.heartbeat import Heartbeat, worker_identity
 from trainer.label_issues import find_label_issues, label_issue_rows
 from trainer.results_store import LabelIssue, Metric, ModelVersion, ResultsStore
+from trainer.scratch import scratch_directory
 from trainer.settings import Settings
 from trainer.snapshots import store_snapshot_file
 from trainer.sources import DatabaseSource, ExampleSource, source_from_params
@@ -149,11 +149,20 @@ def _execute(
 def _train_run(
     run_id: int, args: TrainingArguments, source: ExampleSource, context: _Context, progress: bool | None
 ) -> TrainingResult:
+    # The run's local files (snapshot spool, spooled vectors, a fine-tuned encoder),
+    # removed at the end, or by a later run if this process is killed (trainer.scratch).
+    with scratch_directory("run") as scratch:
+        return _train_in(Path(scratch), run_id, args, source, context, progress)
+
+
+def _train_in(
+    scratch: Path, run_id: int, args: TrainingArguments, source: ExampleSource, context: _Context, progress: bool | None
+) -> TrainingResult:
     store = context.store
     # One pass over the examples, batch by batch: snapshot file, fingerprint,
     # summary and the compact inputs of the fit (trainer.training_data).
     with source.stream(context.database, store, context.artifacts, context.settings.read_batch_rows) as stream:
-        collected = collect_examples(stream.batches)
+        collected = collect_examples(stream.batches, str(scratch))
     try:
         summary = collected.summary
         check_trainable(summary)
@@ -173,19 +182,20 @@ def _train_run(
     # (text, label) pairs, each weighted by its number of examples (the objective
     # of one row per example), then the texts only eval has (trainer.training_data).
     layout = fit_layout(inputs)
-    with tempfile.TemporaryDirectory(prefix="trainer-encoder-") as scratch:
-        encoder = _fine_tune(run_id, layout, inputs, args, store, Path(scratch) / "encoder", progress) if args.fine_tune else None
-        # The vectors are handed over, never named here: the fit drops them once the
-        # text models are done (hundreds of MB at a million examples).
-        fitted = fit_segment_model(
-            inputs,
-            layout,
-            _embed(run_id, layout, inputs, args, context, store, encoder, progress) if args.embedding_features else None,
-            args,
-            progress,
-        )
-        store.add_params(run_id, {"fit_seconds": {name: round(value, 3) for name, value in fitted.seconds.items()}})
-        return _register(run_id, args, context, inputs, fitted, encoder, fingerprint, snapshot, train_size, eval_size)
+    encoder = _fine_tune(run_id, layout, inputs, args, store, scratch / "encoder", progress) if args.fine_tune else None
+    # The vectors are handed over, never named here: the fit drops them once the
+    # text models are done (hundreds of MB at a million examples).
+    fitted = fit_segment_model(
+        inputs,
+        layout,
+        _embed(run_id, layout, inputs, args, context, store, encoder, scratch / "vectors", progress)
+        if args.embedding_features
+        else None,
+        args,
+        progress,
+    )
+    store.add_params(run_id, {"fit_seconds": {name: round(value, 3) for name, value in fitted.seconds.items()}})
+    return _register(run_id, args, context, inputs, fitted, encoder, fingerprint, snapshot, train_size, eval_size)
 
 
 def _fine_tune(run_id, layout, inputs, args, store, directory: Path, progress):
@@ -202,7 +212,7 @@ def _fine_tune(run_id, layout, inputs, args, store, directory: Path, progress):
     return tuned
 
 
-def _embed(run_id, layout, inputs, args, context, store, encoder, progress):
+def _embed(run_id, layout, inputs, args, context, store, encoder, spool: Path, progress):
     """One vector per row of the fit layout, from the cache where it has them."""
     backend = args.embedding_backend  # vectors are cached per backend, never shared between two
     model_id = encoder.embedding_model if encoder else embedding_model_id()
@@ -211,9 +221,11 @@ def _embed(run_id, layout, inputs, args, context, store, encoder, progress):
     model_path = encoder.path if encoder else None
     # The encoder runs in a process of its own, started when the cache lacks a text:
     # torch and the model leave no memory behind in this one, where the fit comes
-    # next (trainer.encoder_process).
-    with EncoderProcess(batch_size=args.embedding_batch_size, backend=backend, model_path=model_path) as process:
-        embedded = embed_with_cache(layout.texts(inputs), cache, process.embed, progress=progress)
+    # next (trainer.encoder_process). The matrix is built once that process is gone.
+    with EmbeddingJob(layout.texts(inputs), cache, spool_directory=spool) as job:
+        with EncoderProcess(batch_size=args.embedding_batch_size, backend=backend, model_path=model_path) as process:
+            job.embed_missing(process.embed, progress)
+        embedded = job.result()
     # Not under "embedding_cache": that key is the TrainingArguments switch.
     store.add_params(run_id, {"embedding_cache_hits": embedded.hits, "embedded_texts": embedded.embedded})
     return embedded.vectors
