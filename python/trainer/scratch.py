@@ -1,8 +1,8 @@
 """Local scratch directories that a killed run does not leave behind for good.
 
 A run killed by SIGKILL or the kernel's OOM killer cannot clean up after itself,
-and its scratch can be large: at a million examples the snapshot file and the
-spooled vectors are about 500 MB each. Each directory's name carries its owner's
+and its scratch can be large: at a million annotations the spooled vectors alone
+are 509 MB (331,501 texts of 384 float32). Each directory's name carries its owner's
 host and pid, and making a new one first removes those whose owner has died.
 """
 
