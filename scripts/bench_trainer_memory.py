@@ -35,7 +35,6 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -43,61 +42,10 @@ SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
 
 import bench  # scripts/bench.py: workspaces, loading, dbt
+from process_memory import RssSampler
 
 MIB = 1024 * 1024
 SEED = bench.SEED
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(value) for value in text.split()]
-
-
-def _tree(pid: int) -> list[int]:
-    found, pending = [], [pid]
-    while pending:
-        current = pending.pop()
-        found.append(current)
-        pending.extend(_children(current))
-    return found
-
-
-def _status_kib(pid: int, key: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-class RssSampler(threading.Thread):
-    """Sums VmRSS over a process and its descendants, every ``interval`` seconds."""
-
-    def __init__(self, pid: int, interval: float):
-        super().__init__(daemon=True)
-        self.pid, self.interval = pid, interval
-        self.peak_kib = 0
-        self.peak_at = 0.0
-        self.samples = 0
-        self.hwm_kib: dict[int, int] = {}
-        self.stopped = threading.Event()
-        self.started_at = time.perf_counter()
-
-    def run(self) -> None:
-        while not self.stopped.is_set():
-            pids = _tree(self.pid)
-            total = sum(_status_kib(pid, "VmRSS") for pid in pids)
-            for pid in pids:
-                self.hwm_kib[pid] = max(self.hwm_kib.get(pid, 0), _status_kib(pid, "VmHWM"))
-            self.samples += 1
-            if total > self.peak_kib:
-                self.peak_kib, self.peak_at = total, time.perf_counter() - self.started_at
-            self.stopped.wait(self.interval)
 
 
 def run_trainer(space, artifacts: Path, extra: list[str], interval: float, log_path: Path) -> dict:
@@ -110,8 +58,7 @@ def run_trainer(space, artifacts: Path, extra: list[str], interval: float, log_p
         sampler.start()
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - started
-        sampler.stopped.set()
-        sampler.join()
+        sampler.stop()
         process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"`{shlex.join(command)}` exited {process.returncode}; see {log_path}:\n"

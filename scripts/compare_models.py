@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_docs import describe_machine, run_header, write_section  # noqa: E402
+from process_memory import RssSampler  # noqa: E402
 
 START = "<!-- compare_models.py: start -->"
 END = "<!-- compare_models.py: end -->"
@@ -60,16 +61,19 @@ EVAL_FIGURES = ("accuracy", "macro_f1", "coverage", "selective_accuracy")
 
 
 def run(command: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Run ``command``; return (wall seconds, peak RSS in MiB of its process)."""
+    """Run ``command``; return (wall seconds, peak RSS in MiB of its process tree:
+    the trainer and, while it embeds, its encoder process, summed; scripts/process_memory.py)."""
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sampler = RssSampler(process.pid)
+    sampler.start()
     output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
+    process.wait()
     seconds = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
+    sampler.stop()
     if process.returncode != 0:
         raise SystemExit(f"{shlex.join(command)} failed ({process.returncode}):\n{output}")
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, sampler.peak_kib / 1024
 
 
 def eval_figures(env: dict[str, str], model_name: str) -> dict[str, float | None]:
@@ -141,7 +145,8 @@ def render(results, argv) -> str:
         "command above may have measured only some of them; each row's command repeats it alone. "
         "Eval split of the project's split (CONTRACT §3, 20% of documents), default confidence threshold 0.5. "
         "Time is the wall time of the whole command (start-up, reading, embedding every text from an empty "
-        "store, fitting, evaluating, saving), peak RSS that of its process.",
+        "store, fitting, evaluating, saving); peak RSS is the largest sum of the resident memory of its "
+        "processes (the trainer and, while it embeds, its encoder process), sampled every 50 ms.",
         "",
         "| model | command | accuracy | macro-F1 | coverage | selective accuracy | time | peak RSS |",
         "|---|---|---|---|---|---|---|---|",
