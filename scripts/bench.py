@@ -54,6 +54,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pyarrow as pa
 from benchmark_docs import describe_machine, run_header, write_section
+from process_memory import RssSampler
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -80,8 +81,7 @@ APP_INDEX = (
     "include (event_type, label, actor) "
     "where event_type in ('accepted', 'rejected', 'deleted')"
 )
-TIME_BIN = Path("/usr/bin/time")
-_MAXRSS = re.compile(r"Maximum resident set size \(kbytes\):\s*(\d+)")
+SAMPLE_SECONDS = 0.05  # the trainer's memory, read from /proc this often
 
 
 def log(message: str) -> None:
@@ -669,30 +669,26 @@ def measure_embedding(scale: int, examples: pa.Table, sample_size: int) -> Embed
 
 
 def run_trainer(space: Workspace, artifacts: Path, log_dir: Path, name: str) -> tuple[float, int, str]:
-    """`python -m trainer train --quiet` in a child process: (wall seconds, peak RSS KiB, how measured)."""
+    """`python -m trainer train --quiet` in a child process: (wall seconds, peak RSS KiB, how measured).
+
+    The peak is the largest sum over the run's processes (the trainer and, while it
+    embeds, its encoder process), sampled from /proc (scripts/process_memory.py):
+    `/usr/bin/time -v` or wait4 would give the larger of the two, not their sum.
+    """
     command = [sys.executable, "-m", "trainer", "train", "--quiet"]
-    use_time = TIME_BIN.is_file() and os.access(TIME_BIN, os.X_OK)
-    if use_time:
-        command = [str(TIME_BIN), "-v", *command]
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=space.root, env=space.env(artifacts),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sampler = RssSampler(process.pid, SAMPLE_SECONDS)
+    sampler.start()
     stdout, stderr = process.communicate()
     seconds = time.perf_counter() - started
+    sampler.stop()
     (log_dir / f"{name}.stdout").write_text(stdout)
     (log_dir / f"{name}.stderr").write_text(stderr)
     if process.returncode != 0:
         raise BenchmarkError(f"{name}: `python -m trainer train` exited {process.returncode}:\n{stderr[-3000:]}")
-    if use_time:
-        match = _MAXRSS.search(stderr)
-        if not match:
-            raise BenchmarkError(f"{name}: no 'Maximum resident set size' in /usr/bin/time -v output")
-        return seconds, int(match.group(1)), "/usr/bin/time -v"
-    # Without /usr/bin/time the children's high-water mark is all there is: valid only if
-    # this child is the largest so far.
-    import resource
-
-    return seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "getrusage(RUSAGE_CHILDREN)"
+    return seconds, sampler.peak_kib, f"the process tree's summed RSS, sampled every {SAMPLE_SECONDS * 1000:.0f} ms"
 
 
 def last_run(space: Workspace) -> dict:
@@ -1035,7 +1031,7 @@ def render(args, command: str, invoked: str, info: dict[str, str], engine_result
             "",
             (
                 f"Wall time is the child process's, start to exit (Python start-up and imports included); peak "
-                f"RSS is the child's maximum resident set size from {rss_method}. The retrain's `embedded_texts` "
+                f"RSS is {rss_method}. The retrain's `embedded_texts` "
                 "equals the number of new distinct texts at every scale (checked)."
             ),
         ]
