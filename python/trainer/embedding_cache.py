@@ -218,12 +218,11 @@ class EmbeddingJob:
         self.close()
 
     def close(self) -> None:
-        if self._spool is not None:
-            shutil.rmtree(self._spool, ignore_errors=True)
-            self._spool = None
         if self._own_spool is not None:
             self._own_spool.cleanup()
-            self._own_spool = None
+        elif self._spool is not None:
+            shutil.rmtree(self._spool, ignore_errors=True)
+        self._spool = self._own_spool = None
 
     def _spool_path(self, index: int) -> Path:
         if self._spool is None:
