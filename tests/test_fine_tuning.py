@@ -212,3 +212,12 @@ def test_a_pickle_in_a_saved_encoder_is_refused(tmp_path):
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(ArtifactError, match="no model.safetensors"):
         check_safe_directory(tmp_path)
+
+
+def test_the_step_bar_shows_without_the_trainers_metrics_dict(examples, tmp_path, capsys):
+    texts, labels = examples
+    settings = FineTuneSettings(max_pairs=16, batch_size=8, max_seconds=120, max_seq_length=16)
+    fine_tune_encoder(texts, labels, settings, tmp_path / "shown", progress=True)
+    printed = capsys.readouterr()
+    assert "2/2" in printed.err  # the bar ran to its last step
+    assert "train_runtime" not in printed.out + printed.err

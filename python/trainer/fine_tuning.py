@@ -257,7 +257,7 @@ def fine_tune_encoder(
     from sentence_transformers.sentence_transformer import losses
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
     from transformers import TrainerCallback
-    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.utils import logging as transformers_logging
 
     class _TimeCap(TrainerCallback):
@@ -276,6 +276,12 @@ def fine_tune_encoder(
                 self.stopped_early = True
                 control.should_training_stop = True
             return control
+
+    class _StepBar(ProgressCallback):
+        """The step bar alone: transformers' own writes the final metrics dict under it."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
 
     class _Trainer(SentenceTransformerTrainer):
         # No model card: it would embed and copy training texts into the model directory.
@@ -327,7 +333,10 @@ def fine_tune_encoder(
                 loss=getattr(losses, LOSSES[settings.loss])(model),
                 callbacks=[cap],
             )
-            trainer.remove_callback(PrinterCallback)  # it prints the final metrics dict to stdout
+            # Both print the final metrics dict ({'train_runtime': ...}) to the user's terminal.
+            trainer.remove_callback(PrinterCallback)
+            if trainer.pop_callback(ProgressCallback) is not None:
+                trainer.add_callback(_StepBar())
             started = time.monotonic()
             outcome = trainer.train()
             seconds = time.monotonic() - started
