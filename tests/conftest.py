@@ -5,16 +5,26 @@ at the end), its own artifact store, and dbt runs for real against them.
 One parametrized fixture, ``engine``, runs a test on both engines. PostgreSQL is
 found through PGHOST/PGPORT/PGUSER (default 127.0.0.1:5432, user postgres);
 when it cannot be reached its tests are skipped, or fail when CI=true.
+
+What takes seconds to build (dbt-built databases, trained models) is built once
+per test run, by whichever pytest-xdist worker needs it first, under a file
+lock, and copied into each test's workspace: a DuckDB file is copied, a
+PostgreSQL database is created with the built one as its template.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,12 +41,68 @@ PG_PORT = os.environ.get("PGPORT") or "5432"
 PG_USER = os.environ.get("PGUSER") or "postgres"
 
 
+# One test run (the xdist controller and its workers) shares a name and a folder:
+# the controller sets them before the workers start, and removes both at the end.
+_RUN_VARIABLE = "TDP_TEST_RUN"
+_SHARED_VARIABLE = "TDP_TEST_SHARED"
+
+
+def _is_xdist_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_configure(config):
+    if not _is_xdist_worker(config):
+        os.environ[_RUN_VARIABLE] = secrets.token_hex(4)
+        os.environ[_SHARED_VARIABLE] = tempfile.mkdtemp(prefix="tdp-test-shared-")
+
+
+def pytest_unconfigure(config):
+    if _is_xdist_worker(config) or _RUN_VARIABLE not in os.environ:
+        return
+    shutil.rmtree(os.environ.pop(_SHARED_VARIABLE), ignore_errors=True)
+    run = os.environ.pop(_RUN_VARIABLE)
+    # Templates are shared by the workers, so none of them can drop them: the controller does, last.
+    with contextlib.suppress(Exception):
+        PostgresServer.drop_run(run)
+
+
+def shared_folder() -> Path:
+    return Path(os.environ[_SHARED_VARIABLE])
+
+
+@contextlib.contextmanager
+def run_wide_lock(name: str):
+    """Held by one process of the test run at a time (all xdist workers)."""
+    with open(shared_folder() / f"{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class PostgresServer:
     """Creates throwaway databases for this test session and drops them all at the end."""
 
     def __init__(self):
-        self.prefix = f"tdp_test_{os.getpid()}_{secrets.token_hex(3)}"
+        self.run_prefix = f"tdp_test_{os.environ[_RUN_VARIABLE]}"
+        self.prefix = f"{self.run_prefix}_{os.getpid()}"
         self.created: list[str] = []
+
+    @staticmethod
+    def drop_run(run: str) -> None:
+        """Drop every database of test run ``run`` (shared templates included)."""
+        import psycopg
+
+        with psycopg.connect(
+            host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True, connect_timeout=5
+        ) as connection:
+            names = connection.execute(
+                "select datname from pg_database where datname like %s", (f"tdp_test_{run}_%",)
+            ).fetchall()
+            for (name,) in names:
+                connection.execute(f'drop database if exists "{name}" with (force)')
 
     def connect(self, dbname: str = "postgres", user: str | None = None):
         import psycopg
@@ -51,6 +117,15 @@ class PostgresServer:
             connection.execute(f'create database "{name}" template template0 encoding \'UTF8\'')
         self.created.append(name)
         return name
+
+    def shared_database(self, key: str) -> str:
+        """The name of a database all workers of this test run share (a template)."""
+        return f"{self.run_prefix}_shared_{key}"
+
+    def recreate(self, name: str, template: str = "template0") -> None:
+        with self.connect() as connection:
+            connection.execute(f'drop database if exists "{name}" with (force)')
+            connection.execute(f'create database "{name}" template "{template}" encoding \'UTF8\'')
 
     def drop_all(self) -> None:
         with self.connect() as connection:
@@ -92,15 +167,35 @@ class Workspace:
 
     def copy_database(self, root: Path) -> Workspace:
         """A workspace at ``root`` whose database is a copy of this one's (its blob store is empty)."""
-        if self.target == "duckdb":
-            copy = Workspace(root)
-            shutil.copyfile(self.duckdb_path, copy.duckdb_path)
-            return copy
-        copy = Workspace(root, "postgres", self.server.create_database(), self.server)
-        with self.server.connect() as connection:
-            connection.execute(f'drop database "{copy.pg_database}"')
-            connection.execute(f'create database "{copy.pg_database}" template "{self.pg_database}"')
+        copy = Workspace(root, self.target, self.server and self.server.create_database(), self.server)
+        copy.copy_from(self)
         return copy
+
+    def copy_from(self, other: Workspace, with_artifacts: bool = False) -> None:
+        """Make this workspace's database (and with ``with_artifacts`` its blob store) a copy of ``other``'s.
+
+        The blob store's URIs in the copied results tables are moved to this
+        workspace's store, so that every stored URI names a file of this copy.
+        """
+        if self.target == "duckdb":
+            shutil.copyfile(other.duckdb_path, self.duckdb_path)
+        else:
+            self.server.recreate(self.pg_database, template=other.pg_database)
+        if with_artifacts:
+            shutil.copytree(other.artifacts, self.artifacts, dirs_exist_ok=True)
+            self._move_uris(str(other.artifacts), str(self.artifacts))
+
+    def _move_uris(self, old_root: str, new_root: str) -> None:
+        with self.database().session() as session:
+            columns = session.fetchall(
+                "select table_name, column_name from information_schema.columns where table_schema = 'training' "
+                "and data_type in ('VARCHAR', 'text', 'character varying')"
+            )
+            for table, column in columns:
+                session.execute(
+                    f"update training.{table} set {column} = replace({column}, ?, ?) where strpos({column}, ?) > 0",
+                    (old_root, new_root, old_root),
+                )
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -274,33 +369,36 @@ def load_app_data(database, data, schema: str = "app") -> None:
         session.insert_missing(f"{schema}.annotation_events", "event_id", data.annotation_events)
 
 
-_TEMPLATES: dict[tuple, Workspace] = {}
+def built_once(space: Workspace, key: tuple, build: Callable[[Workspace], None]) -> Workspace:
+    """The workspace ``build`` makes on ``space``'s engine, built once per test run
+    (by whichever worker asks first, while the others wait) and then only read:
+    copy it with :meth:`Workspace.copy_from`. ``key`` names what ``build`` makes."""
+    digest = hashlib.sha256(json.dumps([space.target, *key], sort_keys=True).encode()).hexdigest()[:16]
+    root = shared_folder() / f"built-{space.target}-{digest}"
+    database = space.server.shared_database(digest) if space.target == "postgres" else None
+    template = Workspace(root, space.target, database, space.server)
+    with run_wide_lock(root.name):
+        if not (root / ".built").exists():
+            shutil.rmtree(root, ignore_errors=True)  # what a failed build left
+            root.mkdir()
+            if database:
+                space.server.recreate(database)
+            build(template)
+            (root / ".built").touch()
+    return template
 
 
 def prepared_workspace(space: Workspace, documents: int | None = 10, dbt_vars=None, build: bool = True) -> Workspace:
     """Results tables, the first `documents` demo forms (None: empty app tables), and the views.
 
-    Each combination is built once per session (dbt takes seconds) and copied into
+    Each combination is built once per test run (dbt takes seconds) and copied into
     the workspace: the DuckDB file is copied, the PostgreSQL database is created
     from the built one as its template.
     """
-    key = (space.target, documents, json.dumps(dbt_vars, sort_keys=True), build)
-    template = _TEMPLATES.get(key)
-    if template is None:
-        import tempfile
-
-        root = Path(tempfile.mkdtemp(prefix="template-", dir=space.root.parent))
-        template = Workspace(root, space.target, space.pg_database and space.server.create_database(), space.server)
-        _build(template, documents, dbt_vars, build)
-        _TEMPLATES[key] = template
-    if space.target == "duckdb":
-        import shutil
-
-        shutil.copyfile(template.duckdb_path, space.duckdb_path)
-    else:
-        with space.server.connect() as connection:
-            connection.execute(f'drop database "{space.pg_database}"')
-            connection.execute(f'create database "{space.pg_database}" template "{template.pg_database}"')
+    template = built_once(
+        space, ("prepared", documents, dbt_vars, build), lambda template: _build(template, documents, dbt_vars, build)
+    )
+    space.copy_from(template)
     return space
 
 
@@ -324,16 +422,34 @@ TRAINED_DOCUMENTS = 30  # about 1,400 segments: seconds to embed, enough for eve
 @pytest.fixture(scope="session", params=ENGINES)
 def trained(request, tmp_path_factory):
     """A workspace with two succeeded runs of model `funsd` on the first 30 demo forms."""
+    space = new_workspace(tmp_path_factory.mktemp(f"trained-{request.param}"), request.param, request)
+    template = built_once(space, ("trained", TRAINED_DOCUMENTS), _train_twice)
+    space.copy_from(template, with_artifacts=True)
+    from trainer.results_store import ResultsStore
+    from trainer.training import TrainingResult
+
+    store = ResultsStore(space.database())
+    results = []
+    for run in sorted(store.list_runs(), key=lambda run: run.run_id):
+        results.append(
+            TrainingResult(
+                run.run_id, store.get_model_version_by_run(run.run_id), run.dataset_fingerprint, run.snapshot_uri,
+                run.train_examples, run.eval_examples, store.run_metrics(run.run_id),
+            )
+        )  # fmt: skip
+    first, second = results
+    return space, first, second
+
+
+def _train_twice(space: Workspace) -> None:
     from trainer.arguments import TrainingArguments
     from trainer.training import train
 
-    space = new_workspace(tmp_path_factory.mktemp(f"trained-{request.param}"), request.param, request)
-    prepared_workspace(space, TRAINED_DOCUMENTS, build=False)
+    _build(space, TRAINED_DOCUMENTS, None, build=False)
     space.dbt("build")
     settings = space.settings()
-    first = train(TrainingArguments(model_name="funsd", seed=7), settings, progress=False)
-    second = train(TrainingArguments(model_name="funsd", seed=7), settings, progress=False)
-    return space, first, second
+    for _ in range(2):
+        train(TrainingArguments(model_name="funsd", seed=7), settings, progress=False)
 
 
 @dataclass
