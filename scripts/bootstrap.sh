@@ -13,17 +13,48 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 TORCH_VERSION="2.13.0"
 
+# Python 3.11 (any patch release: Debian 12's own 3.11.2 included), with venv and
+# ensurepip (Debian splits them into python3.11-venv). PYTHON=/path/to/python
+# picks the interpreter; without it the first of python3.11, python3, python that
+# is a 3.11 is used. Each refusal is one line saying why.
+python_problem() {
+    "$1" - <<'PY' 2>/dev/null || echo "it does not run as Python 3"
+import sys
+if sys.version_info[:2] != (3, 11):
+    print(f"it is Python {sys.version.split()[0]}, and this project needs 3.11 (pyproject.toml)")
+    raise SystemExit
+try:
+    import ensurepip, venv  # noqa: F401
+except ImportError as exc:
+    print(f"it has no {exc.name} module (on Debian and Ubuntu: apt-get install python3.11-venv)")
+PY
+}
+
 find_python() {
-    local candidate
-    for candidate in "${PYTHON:-}" python3.11 python3 python; do
-        [ -n "$candidate" ] || continue
-        command -v "$candidate" >/dev/null 2>&1 || continue
-        if "$candidate" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' 2>/dev/null; then
-            echo "$candidate"
+    local candidate path problem
+    if [ -n "${PYTHON:-}" ]; then
+        if ! path="$(command -v "$PYTHON")"; then
+            echo "error: PYTHON=$PYTHON: no such program" >&2
+            return 1
+        fi
+        problem="$(python_problem "$path")"
+        if [ -n "$problem" ]; then
+            echo "error: PYTHON=$PYTHON cannot make .venv: $problem" >&2
+            return 1
+        fi
+        echo "$path"
+        return 0
+    fi
+    for candidate in python3.11 python3 python; do
+        path="$(command -v "$candidate")" || continue
+        problem="$(python_problem "$path")"
+        if [ -z "$problem" ]; then
+            echo "$path"
             return 0
         fi
+        echo "==> Skipping $path: $problem" >&2
     done
-    echo "error: Python 3.11 is required (set PYTHON=/path/to/python3.11)" >&2
+    echo "error: no usable Python 3.11 found (install python3.11 and python3.11-venv, or set PYTHON=/path/to/python3.11)" >&2
     return 1
 }
 
@@ -36,8 +67,17 @@ pip_install() {
 
 if [ ! -x "$VENV/bin/python" ]; then
     PYTHON_BIN="$(find_python)"
-    echo "==> Creating $VENV with $("$PYTHON_BIN" --version)"
+    echo "==> Creating $VENV with $PYTHON_BIN ($("$PYTHON_BIN" --version 2>&1))"
     "$PYTHON_BIN" -m venv "$VENV"
+elif [ -n "${PYTHON:-}" ]; then
+    # An existing .venv made by another interpreter would silently win over PYTHON=.
+    PYTHON_BIN="$(find_python)"
+    wanted="$("$PYTHON_BIN" -c 'import sys; print(sys.version.split()[0], sys.base_prefix)')"
+    have="$("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0], sys.base_prefix)' 2>/dev/null || true)"
+    if [ "$wanted" != "$have" ]; then
+        echo "error: PYTHON=$PYTHON: $VENV was made with another Python (${have:-unknown}); remove it to use this one" >&2
+        return 1 2>/dev/null || exit 1
+    fi
 fi
 
 stamp_file="$VENV/.installed-stamp"

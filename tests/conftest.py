@@ -35,6 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+# Hypothesis profiles: "ci" (CI set) replays fixed examples, "fuzz" (scripts/fuzz.sh)
+# explores; the hook scales max_examples for fuzz. See hypothesis_profiles.py.
+from hypothesis_profiles import pytest_collection_modifyitems  # noqa: E402,F401
+
 ENGINES = ("duckdb", "postgres")
 PG_HOST = os.environ.get("PGHOST") or "127.0.0.1"
 PG_PORT = os.environ.get("PGPORT") or "5432"

@@ -95,8 +95,15 @@ def test_the_child_dies_with_its_parent_even_by_kill_9(tmp_path):
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         child = int(parent.stdout.readline())
-        time.sleep(1)  # the long request is under way
-        assert psutil.Process(child).status() != psutil.STATUS_ZOMBIE
+        # The long request is under way once the idle child starts burning CPU again:
+        # waited for, not assumed after a fixed sleep, so the kill lands mid-request.
+        encoder = psutil.Process(child)
+        idle = sum(encoder.cpu_times()[:2])
+        deadline = time.monotonic() + 120
+        while sum(encoder.cpu_times()[:2]) < idle + 0.5:
+            assert time.monotonic() < deadline, "the encoder never started the long request"
+            time.sleep(0.05)
+        assert encoder.status() != psutil.STATUS_ZOMBIE
         parent.kill()
         parent.wait(timeout=30)
         assert _gone(child), f"encoder process {child} outlived its parent"

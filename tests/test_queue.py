@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
+from datetime import timedelta
 
 import pytest
 
 from conftest import Workspace, prepared_workspace
-from trainer.results_store import ResultsStore, RunStateError
+from trainer.results_store import ResultsStore, RunStateError, utcnow
 
 pytestmark = pytest.mark.slow
 QUEUE_DOCUMENTS = 10  # ~450 examples: a training run takes seconds
@@ -120,6 +122,103 @@ def test_two_workers_run_every_queued_run_exactly_once(queue):
     assert [version for version, _ in versions(queue, "shared")] == [1, 2, 3, 4]
 
 
+
+@pytest.fixture
+def results_only(workspace) -> Workspace:
+    return prepared_workspace(workspace, documents=None, build=False)
+
+
+RACERS = 4
+
+
+def claims_at_one_instant(space: Workspace, racers: int) -> list:
+    """``racers`` threads each call claim_next once, released together; their results.
+
+    On PostgreSQL the release is exact: the test holds an EXCLUSIVE lock on the runs
+    table, waits until every racer's claim is blocked on it, then lets them all go at
+    once, so every claim reads the same queue. On DuckDB a barrier releases them.
+    """
+    barrier = threading.Barrier(racers + 1)
+    results: list = [None] * racers
+    errors: list[BaseException] = []
+
+    def racer(number: int) -> None:
+        store = ResultsStore(space.database())
+        barrier.wait(timeout=60)
+        try:
+            results[number] = store.claim_next(f"racer:{number}")
+        except BaseException as exc:  # reported by the test, not lost in a thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=racer, args=(number,)) for number in range(racers)]
+    if space.target == "postgres":
+        with space.server.connect(space.pg_database) as blocker, blocker.transaction():
+            blocker.execute("lock table training.training_runs in exclusive mode")
+            for thread in threads:
+                thread.start()
+            barrier.wait(timeout=60)
+            with space.server.connect() as observer:
+                wait_for(
+                    lambda: observer.execute(
+                        "select count(*) from pg_stat_activity where datname = %s and wait_event_type = 'Lock'",
+                        (space.pg_database,),
+                    ).fetchone()[0]
+                    == racers,
+                    120,
+                    "every claim to be waiting on the lock",
+                )
+        # The transaction has ended: every claim proceeds at this instant.
+    else:
+        for thread in threads:
+            thread.start()
+        barrier.wait(timeout=60)
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    return results
+
+
+def test_claims_at_the_same_instant_take_distinct_runs(results_only):
+    """The exactly-once guarantee under a forced race (FOR UPDATE SKIP LOCKED on
+    PostgreSQL, one writer at a time on DuckDB): no run claimed twice, and no claim
+    comes back empty while a run is queued. Several rounds, each a fresh race."""
+    queue = results_only
+    store = ResultsStore(queue.database())
+    for round_number in range(3):
+        queued = [store.queue_run("raced", {"model_name": "raced"}) for _ in range(RACERS + 1)]
+        claims = claims_at_one_instant(queue, RACERS)
+        assert None not in claims, f"round {round_number}: a claim found nothing with {RACERS + 1} runs queued"
+        claimed = [run.run_id for run in claims]
+        assert len(set(claimed)) == RACERS, f"round {round_number}: a run was claimed twice: {claimed}"
+        assert sorted(claimed) == queued[:RACERS]  # oldest first
+        rows = queue.query(
+            "select run_id, status, worker from training.training_runs where run_id >= ? order by run_id", [queued[0]]
+        )
+        owners = {run.run_id: f"racer:{number}" for number, run in enumerate(claims)}
+        assert rows == [(run_id, "running", owners[run_id]) for run_id in queued[:RACERS]] + [
+            (queued[-1], "queued", None)
+        ]
+        queue.execute_script(  # clear the field for the next round
+            "update training.training_runs set status = 'failed', finished_at = created_at, error = 'raced' "
+            "where status in ('running', 'queued')"
+        )
+
+
+def test_a_claim_passes_over_a_run_another_worker_holds_without_waiting(postgres_workspace):
+    """What SKIP LOCKED adds on PostgreSQL (plain FOR UPDATE is also exactly-once, but
+    a worker would wait for the other's transaction): the held run is skipped at once."""
+    space = prepared_workspace(postgres_workspace, documents=None, build=False)
+    store = ResultsStore(space.database())
+    held, free = store.queue_run("held", {}), store.queue_run("free", {})
+    with space.server.connect(space.pg_database) as other, other.transaction():
+        other.execute("select run_id from training.training_runs where run_id = %s for update", (held,))
+        claimed: list = []
+        claimer = threading.Thread(target=lambda: claimed.append(store.claim_next("racer")), daemon=True)
+        claimer.start()
+        claimer.join(timeout=30)  # far longer than a claim takes on a loaded machine
+        assert not claimer.is_alive(), "the claim waited for the run another transaction holds"
+    assert [run.run_id for run in claimed] == [free]
+
 def test_four_trainers_at_once_get_versions_one_to_four(queue):
     trainers = [queue.spawn_trainer("train", "--model-name", "race", "--quiet", *QUICK_MODEL) for _ in range(4)]
     outputs = [process.communicate(timeout=600) for process in trainers]
@@ -130,8 +229,20 @@ def test_four_trainers_at_once_get_versions_one_to_four(queue):
     assert [row[1] for row in runs(queue)] == ["succeeded"] * 4
 
 
-# A timeout long enough for `trainer reap` to start on a loaded machine before it expires.
+# A beat every half second, so a run shows it is alive soon after it starts. The tests
+# below never rely on this timeout running out at a given moment: each reap names its own.
 FAST_HEARTBEAT = {"TRAINER_HEARTBEAT_INTERVAL": "0.5", "TRAINER_HEARTBEAT_TIMEOUT": "10"}
+# Starting a trainer (torch, the encoder) on a loaded machine: generous, as it is only a deadline.
+START_TIMEOUT = 300
+
+
+def wait_until_older_than(space: Workspace, run_id: int, seconds: float):
+    """Wait until the run's last beat is older than ``seconds`` by the clock `reap` reads
+    (this machine's UTC); return that beat. Time only moves on, so a reap started
+    afterwards with that timeout must find the run stale, however loaded the machine."""
+    last_beat = space.query("select heartbeat_at from training.training_runs where run_id = ?", [run_id])[0][0]
+    wait_for(lambda: utcnow() - last_beat > timedelta(seconds=seconds), seconds + 60, "the last beat to age")
+    return last_beat
 
 
 def start_and_kill(space: Workspace, **env: str) -> int:
@@ -147,7 +258,7 @@ def start_and_kill(space: Workspace, **env: str) -> int:
         )
         return rows[0][0] if rows else None
 
-    run_id = wait_for(beating, 120, "the run to be running with a heartbeat")
+    run_id = wait_for(beating, START_TIMEOUT, "the run to be running with a heartbeat")
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL
@@ -158,18 +269,19 @@ def test_a_killed_training_process_is_reaped_as_worker_lost(queue):
     run_id = start_and_kill(queue)
     assert runs(queue)[0][1] == "running"  # nothing else knows yet
 
-    early = queue.trainer("reap", **FAST_HEARTBEAT)
-    assert early.returncode == 0 and "Reaped 0 run(s)." in early.stdout  # its heartbeat is still fresh
-    last_beat = runs(queue)[0][4]
-    time.sleep(10.5)
+    # Fresh by an hour's timeout, which no slow start of `reap` can outlast.
+    early = queue.trainer("reap", "--timeout", "3600")
+    assert early.returncode == 0 and "Reaped 0 run(s)." in early.stdout, early.stdout + early.stderr
+    assert runs(queue)[0][1] == "running"
+    last_beat = wait_until_older_than(queue, run_id, 2)
 
-    result = queue.trainer("reap", **FAST_HEARTBEAT)
+    result = queue.trainer("reap", "--timeout", "2")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"Reaped 1 run(s): {run_id}."
     _, status, error, worker, _ = runs(queue)[0]
     assert status == "failed"
     assert error == (
-        f"worker lost: {worker} sent no heartbeat since {last_beat:%Y-%m-%d %H:%M:%S} UTC (timeout 10s)"
+        f"worker lost: {worker} sent no heartbeat since {last_beat:%Y-%m-%d %H:%M:%S} UTC (timeout 2s)"
     )
     assert versions(queue, "doomed") == []
 
@@ -190,7 +302,7 @@ def test_a_terminated_run_is_marked_failed(queue):
     process = queue.spawn_trainer("train", "--model-name", "stopped", "--quiet", "--batch-size", "1", **FAST_HEARTBEAT)
     wait_for(
         lambda: queue.query("select count(*) from training.training_runs where heartbeat_at > started_at")[0][0],
-        120,
+        START_TIMEOUT,
         "the run to beat",
     )
     process.send_signal(signal.SIGTERM)
@@ -201,16 +313,11 @@ def test_a_terminated_run_is_marked_failed(queue):
     assert versions(queue, "stopped") == []
 
 
-@pytest.fixture
-def results_only(workspace) -> Workspace:
-    return prepared_workspace(workspace, documents=None, build=False)
-
-
 def test_a_reaped_run_cannot_register_a_model_version(results_only):
     queue = results_only
     store = ResultsStore(queue.database())
     run_id = store.start_run("late", {"model_name": "late"}, worker="host:1:abc")
-    assert store.reap(60) == []  # a fresh heartbeat is not stale
+    assert store.reap(3600) == []  # a fresh heartbeat is not stale (an hour: any machine's margin)
     time.sleep(0.05)
     assert store.reap(0.01) == [run_id]
     assert store.heartbeat(run_id, "host:1:abc") is False

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pyarrow.parquet as pq
 import pytest
@@ -21,7 +21,7 @@ from trainer.arguments import TrainingArguments
 from trainer.artifacts import ArtifactStore
 from trainer.classifier import SegmentClassifier
 from trainer.demo import DemoData
-from trainer.results_store import ResultsStore
+from trainer.results_store import ResultsStore, utcnow
 from trainer.training import train
 
 pytestmark = pytest.mark.slow
@@ -189,8 +189,12 @@ def test_a_trainer_killed_during_the_artifact_write_leaves_no_version_pointing_a
     store = ArtifactStore(str(nasty.artifacts))
     for _, uri, sha256 in versions:
         SegmentClassifier.load(store, uri, sha256)  # complete and verified
-    killed = nasty.query("select max(run_id) from training.training_runs")[0][0]
-    time.sleep(2.5)
+    killed, last_beat = nasty.query(
+        "select run_id, heartbeat_at from training.training_runs order by run_id desc limit 1"
+    )[0]
+    # Reap once the dead run's last beat is over 2 s old by the clock reap reads: no guess.
+    while utcnow() - last_beat <= timedelta(seconds=2):
+        time.sleep(0.1)
     reaped = nasty.trainer("reap", "--timeout", "2")
     assert reaped.returncode == 0 and str(killed) in reaped.stdout
     assert nasty.query("select status from training.training_runs where run_id = ?", (killed,)) == [("failed",)]
