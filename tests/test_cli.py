@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from conftest import TRAINED_DOCUMENTS, demo_subset
+from conftest import TRAINED_DOCUMENTS, demo_subset, prepared_workspace
 from trainer.demo import build_demo_data, read_segments
 
 COMMANDS = ("init-db", "load-demo", "train", "request", "worker", "reap", "predict", "runs", "metrics")
@@ -148,8 +148,7 @@ def test_train_without_a_database_fails_in_one_line(duckdb_workspace):
 
 
 def test_train_with_no_examples_exits_1_and_records_the_failed_run(workspace):
-    assert workspace.trainer("init-db", "--with-app-tables").returncode == 0
-    workspace.dbt("run")
+    prepared_workspace(workspace, documents=None)  # results and app tables, empty, and the views
     result = workspace.trainer("train", "--quiet")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()

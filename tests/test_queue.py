@@ -16,9 +16,11 @@ from trainer.results_store import ResultsStore, RunStateError, utcnow
 
 pytestmark = pytest.mark.slow
 QUEUE_DOCUMENTS = 10  # ~450 examples: a training run takes seconds
-# The queue is under test, not the model: a run without the encoder skips loading it,
-# seconds per trainer process. The killed runs below keep it, to be slow enough to kill.
-QUICK_MODEL = ("--no-embedding",)
+# The queue is under test, not the model: a run without the encoder skips loading it, and
+# the character n-gram text model alone (no second stage, no label-issue fits) takes a
+# second or two per trainer process. The killed runs below keep the encoder, to be slow
+# enough to kill.
+QUICK_MODEL = ("--no-embedding", "--no-layout", "--no-neighbours", "--no-label-issues")
 
 
 @pytest.fixture
@@ -293,7 +295,7 @@ def test_the_next_run_removes_the_local_files_a_killed_run_left(queue, tmp_path)
     left = list(tmpdir.glob("trainer-run-*"))
     assert len(left) == 1  # SIGKILL: nothing could clean up
 
-    result = queue.trainer("train", "--model-name", "next", "--quiet", TMPDIR=str(tmpdir))
+    result = queue.trainer("train", "--model-name", "next", "--quiet", *QUICK_MODEL, TMPDIR=str(tmpdir))
     assert result.returncode == 0, result.stderr
     assert list(tmpdir.glob("trainer-*")) == []  # the killed run's directory and the new run's own
 

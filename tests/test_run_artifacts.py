@@ -24,6 +24,11 @@ from trainer.demo import DemoData
 from trainer.results_store import ResultsStore, utcnow
 from trainer.training import train
 
+# Where the files go is under test, not the model: the character n-gram text model alone
+# (no encoder, no second stage, no label-issue fits) writes every kind of artifact.
+QUICK_MODEL = dict(embedding_features=False, layout_features=False, neighbour_features=False, label_issues=False)
+QUICK_OPTIONS = ("--no-embedding", "--no-layout", "--no-neighbours", "--no-label-issues")
+
 pytestmark = pytest.mark.slow
 
 NASTY_TEXTS = [
@@ -125,8 +130,8 @@ def test_a_run_stores_its_snapshot_and_model_in_any_blob_store(nasty, store_kind
     else:
         url = f"memory://run-artifacts-{nasty.target}-{os.getpid()}"
     settings = nasty.settings(TRAINER_ARTIFACTS_URL=url)
-    first = train(TrainingArguments(model_name="remote"), settings, progress=False)
-    second = train(TrainingArguments(model_name="remote"), settings, progress=False)
+    first = train(TrainingArguments(model_name="remote", **QUICK_MODEL), settings, progress=False)
+    second = train(TrainingArguments(model_name="remote", **QUICK_MODEL), settings, progress=False)
     store = ArtifactStore(url)
     snapshots = [item.relative_path for item in store.list_files("snapshots")]
     assert snapshots == [f"snapshots/{first.dataset_fingerprint}/{ResultsStore(nasty.database()).get_run(first.run_id).snapshot_sha256}.parquet"]
@@ -165,10 +170,10 @@ cli()
 
 
 def test_a_trainer_killed_during_the_artifact_write_leaves_no_version_pointing_at_it(nasty, tmp_path):
-    done = train(TrainingArguments(model_name="nasty"), nasty.settings(), progress=False)
+    done = train(TrainingArguments(model_name="nasty", **QUICK_MODEL), nasty.settings(), progress=False)
     marker = tmp_path / "paused"
     process = subprocess.Popen(
-        [sys.executable, "-c", PAUSE_DURING_ARTIFACT_WRITE, "train", "--model-name", "nasty", "--quiet"],
+        [sys.executable, "-c", PAUSE_DURING_ARTIFACT_WRITE, "train", "--model-name", "nasty", "--quiet", *QUICK_OPTIONS],
         cwd=nasty.root,
         env=nasty.env(PAUSED_MARKER=str(marker), TRAINER_HEARTBEAT_INTERVAL="0.5", TRAINER_HEARTBEAT_TIMEOUT="2"),
     )
