@@ -18,9 +18,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from trainer.db import Database, Session
+from trainer.arguments import check_model_name
 from trainer.errors import ConfigurationError, NotFound, TrainerError
 
 RUN_STATUSES = ("queued", "running", "succeeded", "failed")
+# MODEL_NAME_PATTERN (trainer.arguments) for PostgreSQL: `\Z`, not `$`, ends the text.
+_MODEL_NAME_SQL = "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\\Z"
 
 # A statement is SQL for every engine, or a {dialect: SQL} mapping for some.
 MIGRATIONS: list[tuple[int, str, list[str | dict[str, str]]]] = [
@@ -187,6 +190,28 @@ MIGRATIONS: list[tuple[int, str, list[str | dict[str, str]]]] = [
             )""",
         ],
     ),
+    (
+        6,
+        "audit log: the request id and whether a token was presented; model names checked",
+        [
+            # Every attempt is audited now, refused ones too: `token_state` says whether
+            # the request carried a valid token, none, or an unknown one (token_name is
+            # then "(none)" or "(unknown)"), and `request_id` ties a row to the server's log.
+            "alter table training.audit_log add column if not exists token_state text",
+            "alter table training.audit_log add column if not exists request_id text",
+            # DuckDB cannot add a CHECK to an existing table (and cannot rebuild one that
+            # other tables reference), so there the store checks names before it inserts.
+            # NOT VALID: rows written before the rule stay readable; new rows must follow it.
+            {
+                "postgres": "alter table training.model_versions add constraint model_versions_model_name_check "
+                f"check (model_name ~ '{_MODEL_NAME_SQL}') not valid"
+            },
+            {
+                "postgres": "alter table training.training_runs add constraint training_runs_model_name_check "
+                f"check (model_name ~ '{_MODEL_NAME_SQL}') not valid"
+            },
+        ],
+    ),
 ]
 # Rows per insert statement for bulk writes: one round trip per chunk on PostgreSQL
 # (the session has no executemany), well under its 65,535 bind parameters.
@@ -272,7 +297,7 @@ _LABEL_ISSUE_COLUMNS = (
 )
 _AUDIT_COLUMNS = (
     "audit_id, occurred_at, finished_at, token_name, method, route, object_id, details, status_code, "
-    "bytes_sent, sha256, outcome, error"
+    "bytes_sent, sha256, outcome, error, token_state, request_id"
 )
 
 
@@ -293,6 +318,8 @@ class AuditEntry:
     sha256: str | None
     outcome: str
     error: str | None
+    token_state: str | None = None  # valid, none or unknown; null on rows from before migration 6
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -401,6 +428,7 @@ class ResultsStore:
 
     def queue_run(self, model_name: str, params: dict[str, Any]) -> int:
         """Record a `queued` run for a worker to pick up; return its id."""
+        check_model_name(model_name)
         with self.database.session() as session:
             return int(
                 session.scalar(
@@ -412,6 +440,7 @@ class ResultsStore:
 
     def start_run(self, model_name: str, params: dict[str, Any], worker: str) -> int:
         """Record a new run that starts right away (`running`, owned by ``worker``)."""
+        check_model_name(model_name)
         now = utcnow()
         with self.database.session() as session:
             return int(
@@ -561,6 +590,7 @@ class ResultsStore:
         Refuses (and writes nothing) when the run is no longer this worker's
         running run, e.g. because a reaper declared it lost.
         """
+        check_model_name(model_name)
         now = utcnow()
         with self.database.session() as session:
             if session.dialect == "postgres":
@@ -723,8 +753,8 @@ class ResultsStore:
             return int(
                 session.scalar(
                     "insert into training.audit_log (occurred_at, finished_at, token_name, method, route, object_id, "
-                    "details, status_code, bytes_sent, sha256, outcome, error) "
-                    "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) returning audit_id",
+                    "details, status_code, bytes_sent, sha256, outcome, error, token_state, request_id) "
+                    "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) returning audit_id",
                     (
                         entry.occurred_at,
                         entry.finished_at,
@@ -738,6 +768,8 @@ class ResultsStore:
                         entry.sha256,
                         entry.outcome,
                         entry.error,
+                        entry.token_state,
+                        entry.request_id,
                     ),
                 )
             )
