@@ -197,7 +197,9 @@ def _race(case: Served, run_id: int, examples, fmt: str, swapper: _Swapper) -> l
             assert row["bytes_sent"] == len(body) and row["sha256"] == hashlib.sha256(body).hexdigest()
         else:
             assert row["outcome"] == "failed" and row["status_code"] == status, (got, row)
-            assert "altered" in row["error"] or "changed while it was being sent" in row["error"], row
+            # On S3, s3fs itself may notice the object's ETag change between two ranged reads.
+            reasons = ("altered", "changed while it was being sent", "cannot read artifact")
+            assert any(reason in row["error"] for reason in reasons), row
     return seen
 
 
@@ -519,6 +521,7 @@ def test_model_names_are_checked_where_written_and_escaped_where_read(served):
     from urllib.parse import unquote
 
     assert unquote(encoded) == legacy_name + "-v1.tar"
+    assert unquote(response.headers["x-model-version"]) == legacy_name + ":1"
 
 
 def test_the_cli_refuses_a_bad_model_name_in_one_line(served):

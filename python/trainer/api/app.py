@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trainer.api.context import ApiContext, reader
-from trainer.api.guard import RequestGuard, attempt_of, excerpt, request_id_of
+from trainer.api.guard import RequestGuard, attempt_of, excerpt, private_names, public_message, request_id_of
 from trainer.api.schemas import Health, Problem, TrainingRequest
 from trainer.api.tokens import ApiToken, TokenRegistry
 from trainer.errors import (
@@ -157,7 +157,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.warning("request %s: %d %s %s: %s", request_id, status, request.method, request.url.path, _one_line(exc))
         if status == 503:
             return JSONResponse({"detail": f"the database is unavailable (request id {request_id})"}, status_code=503)
-        message = public_message(str(exc))
+        message = public_message(str(exc), private_names(app.state.context))
         attempt = attempt_of(request)
         label = _OBJECTS.get(attempt.route) if attempt is not None else None
         if status == 409 and label and attempt.object_id and f"{label} {attempt.object_id}" not in message:
@@ -202,15 +202,6 @@ _OBJECTS = {
     "/training-runs/{run_id}/dataset": "training run",
     "/model-versions/{model_version_id}/download": "model version",
 }
-# A URI (any scheme) or an absolute path: where the server keeps things is not the client's business.
-_PRIVATE = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s'"]*|(?<![\w.~-])/[^\s'"]+""")
-
-
-def public_message(message: str) -> str:
-    """An error for the client: the object and the problem, without server paths."""
-    return _one_line(_PRIVATE.sub("…", message))
-
-
 def bounded_errors(errors) -> list[dict]:
     """FastAPI's validation errors, bounded: at most 20, each naming its field, with
     at most an excerpt of the input (JSON-safe: NaN and Infinity become text)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
@@ -153,7 +154,8 @@ async def download_model(
             "Content-Length": archive.size,
             "X-Content-SHA256": archive.sha256,
             "ETag": f'"{archive.sha256}"',
-            "X-Model-Version": f"{version.model_name}:{version.version}",
+            # Percent-encoded: a name written before the rule must not break or split the header.
+            "X-Model-Version": f"{quote(version.model_name, safe='')}:{version.version}",
             "X-Dataset-Fingerprint": archive.manifest["dataset_fingerprint"],
         },
     )

@@ -177,7 +177,8 @@ class RequestGuard:
         try:
             await self.app(scope, watching_receive, guarded_send)
         except Exception as exc:  # noqa: BLE001 - answered below, in one line
-            error = exc
+            # Starlette wraps an error its handlers know that came too late to answer.
+            error = exc.__cause__ if isinstance(exc, RuntimeError) and isinstance(exc.__cause__, Exception) else exc
         finally:
             if attempt is not None and not progress.get("recorded"):
                 await self._settle(attempt, progress, error)
@@ -209,15 +210,15 @@ class RequestGuard:
 
     async def _settle(self, attempt: Attempt, progress: dict, error: BaseException | None) -> None:
         progress["recorded"] = True
-        outcome = self._outcome(attempt, progress, error)
+        outcome = self._outcome(attempt, progress, error, private_names(self.context))
         with anyio.CancelScope(shield=True):
             await run_in_threadpool(self._record, attempt, outcome)
 
     @staticmethod
-    def _outcome(attempt: Attempt, progress: dict, error: BaseException | None) -> str:
+    def _outcome(attempt: Attempt, progress: dict, error: BaseException | None, private: list[str]) -> str:
         """complete, disconnected (the client left first) or failed (refused, or cut off by an error)."""
         if error is not None:
-            attempt.error = attempt.error or _one_line(error)
+            attempt.error = attempt.error or excerpt(public_message(str(error), private), 300)
             if not progress["started"]:
                 attempt.status_code = 500
             return "failed"
@@ -252,6 +253,28 @@ def _bearer(scope: Scope) -> str | None:
                 return credentials.strip()
             return None
     return None
+
+
+# A URI (any scheme) or an absolute path: where the server keeps things is not the client's business.
+_PRIVATE = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s'"]*|(?<![\w.~-])/[^\s'"]+""")
+
+
+def public_message(message: str, private: list[str] = ()) -> str:
+    """An error for the client: the object and the problem, without server paths."""
+    for name in sorted(private, key=len, reverse=True):
+        message = message.replace(name, "…")
+    return _one_line(_PRIVATE.sub("…", message))
+
+
+def private_names(context) -> list[str]:
+    """Where this server keeps things (an S3 bucket's path has no scheme for the pattern to see)."""
+    settings = context.settings
+    names = [settings.artifacts_url, str(settings.duckdb_path)]
+    try:
+        names.append(context.artifacts.root)
+    except Exception:  # noqa: BLE001 - a store that cannot be opened has no root to hide
+        pass
+    return [name for name in names if name and name != "/"]
 
 
 def _reason(body: bytes, status: int) -> str:
