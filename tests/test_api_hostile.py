@@ -35,8 +35,8 @@ TOKENS = {
 FORMATS = ("jsonl", "csv", "parquet")
 SNAPSHOT_ROWS = 4000
 # Bounds of a race: it stops after enough downloads saw the swap, or at these.
-RACE_MAX_DOWNLOADS = 30
-RACE_MIN_DOWNLOADS = 8
+RACE_MAX_DOWNLOADS = 40
+RACE_MIN_DOWNLOADS = 20
 RACE_SECONDS = 45.0
 
 
