@@ -567,3 +567,46 @@ def test_the_access_log_never_writes_a_query_credential(served):
             client.get(f"/training-runs?{query}")
     wait_for(lambda: served.server.log().count("[redacted]") >= 4)
     assert secret not in served.server.log()
+
+
+def test_migration_6_keeps_rows_written_before_it_readable(workspace):
+    """A database at migration 5, holding a run with a name the rule now refuses and an
+    audit row without the new columns: after the upgrade both still read, and new
+    names are checked (by the store on both engines, and by PostgreSQL's CHECK)."""
+    from trainer.errors import ConfigurationError
+    from trainer.results_store import MIGRATIONS, ResultsStore, utcnow
+
+    database = workspace.database()
+    store = ResultsStore(database)
+    all_migrations = list(MIGRATIONS)
+    try:
+        MIGRATIONS[:] = [migration for migration in all_migrations if migration[0] <= 5]
+        with database.session(create=True) as session:
+            assert store.migrate(session) == [1, 2, 3, 4, 5]
+            session.execute(
+                "insert into training.training_runs (model_name, status, created_at, params) values (?, 'queued', ?, '{}')",
+                ('legacy"name', utcnow()),
+            )
+            session.execute(
+                "insert into training.audit_log (occurred_at, finished_at, token_name, method, route, status_code, "
+                "bytes_sent, outcome) values (?, ?, 'auditor', 'GET', '/datasets/current', 200, 10, 'complete')",
+                (utcnow(), utcnow()),
+            )
+    finally:
+        MIGRATIONS[:] = all_migrations
+    with database.session() as session:
+        assert store.migrate(session) == [6]
+    legacy = store.page_runs(10, 0).items[0]
+    assert legacy.model_name == 'legacy"name'
+    (row,) = store.page_audit_log(10).items
+    assert row.token_state is None and row.request_id is None and row.outcome == "complete"
+    with pytest.raises(ConfigurationError, match="model name"):
+        store.queue_run('new"name', {})
+    if workspace.target == "postgres":
+        import psycopg
+
+        with pytest.raises(psycopg.errors.CheckViolation), database.session() as session:
+            session.execute(
+                "insert into training.training_runs (model_name, status, created_at, params) values (?, 'queued', ?, '{}')",
+                ('new"name', utcnow()),
+            )
