@@ -11,7 +11,6 @@ synthetic snapshots and a small model artifact, so the module stays cheap.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import secrets

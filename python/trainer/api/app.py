@@ -195,7 +195,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception):
         request_id = request_id_of(request)
         log.error("request %s: unexpected error on %s %s: %s", request_id, request.method, request.url.path, _one_line(exc))
-        return JSONResponse({"detail": f"internal error (request id {request_id})"}, status_code=500)
+        # Answered outside the guard (Starlette's last resort), so its headers are set here.
+        headers = {"X-Request-ID": request_id, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+        return JSONResponse({"detail": f"internal error (request id {request_id})"}, status_code=500, headers=headers)
 
 
 _OBJECTS = {
