@@ -426,6 +426,31 @@ def test_parsing_a_body_holds_up_no_other_request(served):
     assert slowest < 3.0, slowest
 
 
+def test_idle_connections_are_closed_and_oversized_headers_refused(served):
+    from trainer.api.server import KEEP_ALIVE_SECONDS, MAX_HEADER_BYTES
+
+    url = urlsplit(served.server.url)
+    with socket.create_connection((url.hostname, url.port), timeout=KEEP_ALIVE_SECONDS + 10) as raw:
+        raw.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while b'"version"' not in answer:
+            answer += raw.recv(65536)
+        idle_since = time.monotonic()
+        assert raw.recv(65536) == b""  # the server hangs up on an idle keep-alive connection
+        waited = time.monotonic() - idle_since
+    assert KEEP_ALIVE_SECONDS - 1 <= waited <= KEEP_ALIVE_SECONDS + 5, waited
+    # Headers that keep coming past the limit before they end are refused, not buffered.
+    with socket.create_connection((url.hostname, url.port), timeout=20) as raw:
+        raw.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * (MAX_HEADER_BYTES + 1024))
+        time.sleep(0.5)
+        try:
+            raw.sendall(b"\r\n\r\n")
+        except OSError:
+            pass
+        answer = raw.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+
+
 # -- 4. a client error gets a 4xx ---------------------------------------------------------------
 
 

@@ -3,7 +3,7 @@
 | setting | value | why |
 |---|---|---|
 | protocol | h11 | its header limit below applies (httptools has its own, fixed) |
-| `h11_max_incomplete_event_size` | 16 KiB | a request line and headers larger than this are refused (400) |
+| `h11_max_incomplete_event_size` | 16 KiB | at most this much of an unfinished request head is buffered; past it, 400 |
 | `timeout_keep_alive` | 5 s | an idle keep-alive connection is closed after this |
 | `limit_concurrency` | 100 | connections and requests at once; past it, 503 (slow clients cannot take every slot) |
 | `timeout_graceful_shutdown` | 10 s | on stop, downloads in flight get this long, then are cut off (and audited) |
