@@ -509,7 +509,7 @@ def test_hostile_uris_written_into_the_tables_are_refused(api, tmp_path):
         api.space.query("update training.model_versions set artifact_uri = ? where model_version_id = ?",
                         (run.artifact_uri, api.model_version_id))
     refused = [row for row in audit_rows(api, "/model-versions/{model_version_id}/download")
-               if row["outcome"] == "failed" and row["object_id"] == str(api.model_version_id)
+               if row["outcome"] == "refused" and row["object_id"] == str(api.model_version_id)
                and row["token_state"] == "valid"]  # not the attempts without a token (401) of other tests
     assert len(refused) >= len(hostile) and all(row["status_code"] == 409 and row["bytes_sent"] == 0 for row in refused)
 

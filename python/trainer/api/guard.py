@@ -8,7 +8,7 @@ untouched) that
 - resolves the bearer token once, so routes and the audit log agree on who asked;
 - writes exactly one ``training.audit_log`` row for every request to an audited
   route, whatever became of it: complete, cut off by the client, failed midway,
-  or refused (401, 403, 404, 413, 422, ...);
+  or refused (any 4xx: 401, 403, 404, 409, 413, 422, ...);
 - turns a download that fails after its first byte into a connection cut off
   short of its end, logged in one line: never a well-formed response, never a traceback.
 
@@ -216,7 +216,9 @@ class RequestGuard:
 
     @staticmethod
     def _outcome(attempt: Attempt, progress: dict, error: BaseException | None, private: list[str]) -> str:
-        """complete, disconnected (the client left first) or failed (refused, or cut off by an error)."""
+        """complete; disconnected (the client left first); refused (a 4xx answer: the
+        request, its token or the stored data was turned down before any data went
+        out); failed (a 5xx, or cut off midway by an error)."""
         if error is not None:
             attempt.error = attempt.error or excerpt(public_message(str(error), private), 300)
             if not progress["started"]:
@@ -225,7 +227,7 @@ class RequestGuard:
         status = attempt.status_code or 500
         if status >= 400:
             attempt.error = attempt.error or _reason(progress["error_body"], status)
-            return "failed"
+            return "refused" if status < 500 else "failed"
         # With a Content-Length the client has everything once that many bytes went
         # out, and may hang up before the server's closing (empty) message.
         if progress["complete"] or (progress["length"] is not None and attempt.bytes_sent == progress["length"]):

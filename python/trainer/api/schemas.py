@@ -183,9 +183,10 @@ class AuditEntryOut(BaseModel):
     status_code: int
     bytes_sent: int
     sha256: str | None = Field(description="sha256 of the bytes sent.")
-    outcome: Literal["complete", "disconnected", "failed"] = Field(
+    outcome: Literal["complete", "disconnected", "failed", "refused"] = Field(
         description="complete; disconnected (the client left early: bytes_sent says how far it got); "
-        "failed (refused with status_code, or cut off by an error; error says why)."
+        "refused (answered with the 4xx in status_code before any data; error says why); "
+        "failed (a 5xx, or cut off midway by an error; error says why)."
     )
     error: str | None
     token_state: Literal["valid", "none", "unknown"] | None = Field(
