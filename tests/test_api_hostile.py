@@ -20,6 +20,7 @@ import secrets
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -177,17 +178,41 @@ def _local_writer(path: Path, data: bytes):
     return write
 
 
-def _race(case: Served, path: str, params: dict | None, expected: bytes, swapper: _Swapper) -> tuple[list, dict]:
-    """Download ``path`` while ``swapper`` runs, RACE_DOWNLOADS times or for RACE_SECONDS;
-    check every answer against the true bytes; return what the client got and the audit rows."""
+def _race(
+    case: Served,
+    path: str,
+    params: dict | None,
+    expected: bytes,
+    swapper: _Swapper,
+    downloads: int = RACE_DOWNLOADS,
+    clients: int = 1,
+    seconds: float = RACE_SECONDS,
+) -> tuple[list, dict]:
+    """Download ``path`` while ``swapper`` runs, ``downloads`` times (from ``clients``
+    threads at once) or for ``seconds``; check every answer against the true bytes;
+    return what the client got and the audit rows."""
     seen: list[tuple] = []
     swaps_during: list[int] = []
-    deadline = time.monotonic() + RACE_SECONDS
-    with case.server.client() as client, swapper:
-        while len(seen) < RACE_DOWNLOADS and time.monotonic() < deadline:
-            before = swapper.swaps
-            seen.append(_download(client, path, params))
-            swaps_during.append(swapper.swaps - before)
+    lock = threading.Lock()
+    started = [0]
+    deadline = time.monotonic() + seconds
+
+    def download_until_done() -> None:
+        with case.server.client() as client:
+            while time.monotonic() < deadline:
+                with lock:
+                    if started[0] >= downloads:
+                        return
+                    started[0] += 1
+                before = swapper.swaps
+                got = _download(client, path, params)
+                with lock:
+                    seen.append(got)
+                    swaps_during.append(swapper.swaps - before)
+
+    with swapper, ThreadPoolExecutor(clients) as pool:
+        for future in [pool.submit(download_until_done) for _ in range(clients)]:
+            future.result()
     for got, status, _, body in seen:
         if got == "complete":
             # A well-formed 200 holds exactly the checked bytes, never the altered ones.
@@ -213,8 +238,9 @@ def _race(case: Served, path: str, params: dict | None, expected: bytes, swapper
     return seen, {request_id: rows[request_id] for _, _, request_id, _ in seen}
 
 
-def _snapshot_race(case: Served, run_id: int, examples, fmt: str, swapper: _Swapper) -> None:
-    _, rows = _race(case, f"/training-runs/{run_id}/dataset", {"format": fmt}, _expected(examples, fmt), swapper)
+def _snapshot_race(case: Served, run_id: int, examples, fmt: str, swapper: _Swapper, **bounds) -> None:
+    path = f"/training-runs/{run_id}/dataset"
+    _, rows = _race(case, path, {"format": fmt}, _expected(examples, fmt), swapper, **bounds)
     for row in rows.values():
         assert row["route"] == "/training-runs/{run_id}/dataset" and row["object_id"] == str(run_id), row
         if row["outcome"] != "complete":
@@ -258,9 +284,13 @@ def test_a_snapshot_swapped_on_s3_while_served_is_never_served_complete(served_s
         return lambda count: client.put_object(Bucket=bucket, Key=key, Body=data)
 
     try:
-        # Each put costs moto milliseconds; a swap every 10 ms still lands several times
-        # during a download without starving the server's own reads.
-        _snapshot_race(case, run_id, examples, fmt, _Swapper(writer(original), writer(altered), interval=0.01))
+        # A download from moto takes about 0.3 s, mostly waiting: four clients at once
+        # fit about 30 in 10 s. Without the fix an altered answer comes back whole only
+        # when a put lands between the check and the reads after it (about one download
+        # in fifteen), so the race needs that many; a put every 50 ms still lands during
+        # every download without starving the server's own reads.
+        swapper = _Swapper(writer(original), writer(altered), interval=0.05)
+        _snapshot_race(case, run_id, examples, fmt, swapper, downloads=32, clients=4, seconds=10.0)
     finally:
         client.put_object(Bucket=bucket, Key=key, Body=original)
 
