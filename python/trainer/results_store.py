@@ -222,7 +222,7 @@ MIGRATIONS: list[tuple[int, str, list[str | dict[str, str]]]] = [
     ),
     (
         6,
-        "audit log: the request id and whether a token was presented; model names checked",
+        "audit log: the request id, whether a token was presented, and a refused outcome; model names checked",
         [
             # Every attempt is audited now, refused ones too: `token_state` says whether
             # the request carried a valid token, none, or an unknown one (token_name is
