@@ -97,7 +97,9 @@ def test_init_db_on_postgres_leaves_the_apps_tables_to_the_app(postgres_workspac
     assert second.returncode == 0, second.stderr
     assert "App tables created: app.documents, app.annotations, app.annotation_events" in second.stdout
     assert "Results schema: up to date" in second.stdout
-    assert workspace.query("select version from training.schema_migrations order by version") == [(1,), (2,), (3,), (4,), (5,)]
+    assert workspace.query("select version from training.schema_migrations order by version") == [
+        (1,), (2,), (3,), (4,), (5,), (6,)
+    ]
 
 
 def test_init_db_applies_only_the_missing_migrations(workspace):

@@ -10,8 +10,22 @@ from trainer.embeddings import DEFAULT_EMBEDDING_BACKEND, check_backend
 from trainer.errors import ConfigurationError
 from trainer.segment_model import FeatureSet
 
+# The one rule for a model name (CLI, API, results store, and PostgreSQL's CHECK):
+# 1-100 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit. It
+# is safe in a file name, a header and a URL as it is.
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MODEL_NAME_RULE = "use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
 DEFAULT_MODEL_NAME = "segment-labeler"
+
+
+def check_model_name(name: object) -> str:
+    """``name`` if it follows the rule; a ConfigurationError naming it otherwise."""
+    # fullmatch: re's `$` would also accept a trailing newline.
+    if not isinstance(name, str) or not MODEL_NAME_PATTERN.fullmatch(name):
+        shown = repr(name) if not isinstance(name, str) or len(name) <= 120 else repr(name[:120]) + "…"
+        raise ConfigurationError(f"model name {shown} is invalid: {MODEL_NAME_RULE}")
+    return name
+
 _SWITCHES = (
     "embedding_cache", "embedding_features", "char_ngram_features", "layout_features", "neighbour_features",
     "label_issues", "fine_tune",
@@ -113,11 +127,7 @@ class TrainingArguments:
     fine_tune_max_seconds: float = 420.0
 
     def __post_init__(self) -> None:
-        if not MODEL_NAME_PATTERN.match(self.model_name or ""):
-            raise ConfigurationError(
-                f"model name {self.model_name!r} is invalid: use 1-100 letters, digits, '.', '_' or '-', "
-                "starting with a letter or digit"
-            )
+        check_model_name(self.model_name)
         if not 0.0 <= self.confidence_threshold <= 1.0:
             raise ConfigurationError(f"confidence threshold {self.confidence_threshold} is not between 0 and 1")
         if self.embedding_batch_size < 1:

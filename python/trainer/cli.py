@@ -67,8 +67,19 @@ def model_name_option(command):
         "--model-name",
         default=DEFAULT_MODEL_NAME,
         show_default=True,
-        help="Name the model versions are registered under.",
+        callback=_checked_model_name,
+        help="Name the model versions are registered under (1-100 letters, digits, '.', '_', '-').",
     )(command)
+
+
+def _checked_model_name(ctx, param, value):
+    from trainer.arguments import check_model_name
+    from trainer.errors import ConfigurationError
+
+    try:
+        return check_model_name(value)
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _progress(quiet: bool) -> bool | None:
@@ -838,15 +849,15 @@ def serve(target, host, port, log_level):
     Every export and download is recorded in training.audit_log.
     OpenAPI: /openapi.json and /docs (with a token), or `python -m trainer openapi`.
     """
-    import uvicorn
-
     from trainer.api import create_app
+    from trainer.api.server import run_server
     from trainer.api.tokens import TokenRegistry
 
     tokens = TokenRegistry.from_env()
     app = create_app(Settings.from_env(target=target), tokens)
     click.echo(f"Serving the audit API on http://{host}:{port} ({len(tokens.tokens)} token(s) configured)", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+    # uvicorn's limits and timeouts are set explicitly there (and documented in docs/API.md).
+    run_server(app, host, port, log_level)
 
 
 @cli.command("new-token")

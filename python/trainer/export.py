@@ -101,25 +101,56 @@ def check_choice(fmt: str, split: str) -> None:
 
 
 def open_run_dataset(settings: Settings, run_id: int, fmt: str, split: str = "all") -> DatasetStream:
-    """Stream run ``run_id``'s snapshot: checked against its recorded sha256 first,
-    and again while it is sent (a file altered midway is cut off with an error)."""
+    """Stream run ``run_id``'s snapshot, produced only from bytes hashed as they were read.
+
+    The file is opened once. Parquet of the whole snapshot is hashed through that
+    handle (an altered file is refused before the first byte), then sent from the
+    same handle while hashed again: bytes that differ cut the stream off before
+    its end. Other formats are copied through that handle into an anonymous spool
+    (no path reaches it) and checked before a byte is encoded, so the examples
+    encoded are exactly the ones whose sha256 matched.
+    """
     check_choice(fmt, split)
     run = ResultsStore(Database(settings)).get_run(run_id)
     if run.snapshot_uri is None or run.snapshot_sha256 is None:
         reason = f"{run.status}{': ' + run.error if run.error else ''}"
         raise NotFound(f"training run {run_id} recorded no dataset snapshot ({reason})")
     artifacts = ArtifactStore(settings.artifacts_url)
-    if artifacts.sha256_of(run.snapshot_uri) != run.snapshot_sha256:
-        raise ArtifactError(
-            f"snapshot of training run {run_id} does not match its recorded sha256 {run.snapshot_sha256[:12]}…: "
-            "it was altered"
-        )
     rows = _split_rows(run, split)
-    if fmt == "parquet" and split == "all":
-        chunks = _stored_file_chunks(artifacts, run.snapshot_uri, run.snapshot_sha256)
-        return DatasetStream(fmt, split, rows, run.dataset_fingerprint, run.snapshot_sha256, run.snapshot_sha256, chunks)
-    batches = _snapshot_batches(artifacts, run.snapshot_uri, split)
-    return DatasetStream(fmt, split, rows, run.dataset_fingerprint, run.snapshot_sha256, None, encode_batches(batches, fmt))
+    altered = (
+        f"snapshot of training run {run_id} does not match its recorded sha256 {run.snapshot_sha256[:12]}…: "
+        "it was altered"
+    )
+    whole_file = fmt == "parquet" and split == "all"
+    handle = artifacts.open_read(run.snapshot_uri)
+    spool = None
+    try:
+        # The store's read errors (a vanished file, S3 away) as one line naming the file.
+        with artifacts._failures("read", run.snapshot_uri):
+            if whole_file:
+                if _sha256_of_handle(handle) != run.snapshot_sha256:
+                    raise ArtifactError(altered)
+                handle.seek(0)
+            else:
+                spool = tempfile.TemporaryFile(prefix="snapshot-")
+                if _copy_hashing(handle, spool) != run.snapshot_sha256:
+                    raise ArtifactError(altered)
+                spool.seek(0)
+    except BaseException:
+        handle.close()
+        if spool is not None:
+            spool.close()
+        raise
+    if whole_file:
+        chunks = _verified_chunks(handle, run.snapshot_sha256, f"snapshot of training run {run_id}")
+        stream = DatasetStream(fmt, split, rows, run.dataset_fingerprint, run.snapshot_sha256, run.snapshot_sha256, chunks)
+        stream._cleanups.append(handle.close)
+        return stream
+    handle.close()
+    batches = _parquet_batches(lambda: _Borrowed(spool), split, f"snapshot of training run {run_id}")
+    stream = DatasetStream(fmt, split, rows, run.dataset_fingerprint, run.snapshot_sha256, None, encode_batches(batches, fmt))
+    stream._cleanups.append(spool.close)
+    return stream
 
 
 def open_current_dataset(settings: Settings, fmt: str, split: str = "all") -> DatasetStream:
@@ -134,8 +165,8 @@ def open_current_dataset(settings: Settings, fmt: str, split: str = "all") -> Da
     from trainer.snapshots import write_parquet
 
     database = Database(settings)
-    handle = tempfile.NamedTemporaryFile(prefix="training-examples-", suffix=".parquet", delete=False)
-    spool = Path(handle.name)
+    # Anonymous (no path): nothing can swap the spool between its hash and its reading.
+    handle = tempfile.TemporaryFile(prefix="training-examples-", suffix=".parquet")
     try:
         fingerprint = Fingerprint()
         counts: Counter[str] = Counter()
@@ -158,22 +189,26 @@ def open_current_dataset(settings: Settings, fmt: str, split: str = "all") -> Da
                 f"select {', '.join(EXAMPLE_COLUMNS)} from {DATASETS_SCHEMA}.{TRAINING_EXAMPLES} "
                 f"order by annotation_id{collate}"
             )
-            with _HashingFile(handle, digest) as sink:
-                for _ in write_parquet(counted(session.stream_arrow(query, EXAMPLE_SCHEMA)), sink):
-                    pass
+            sink = _HashingFile(handle, digest)
+            for _ in write_parquet(counted(session.stream_arrow(query, EXAMPLE_SCHEMA)), sink):
+                pass
+            handle.flush()
+        handle.seek(0)
+        if _sha256_of_handle(handle) != digest.hexdigest():
+            raise DatasetError("the live dataset's spool changed after it was written")
+        handle.seek(0)
     except BaseException:
         handle.close()
-        spool.unlink(missing_ok=True)
         raise
     rows = sum(counts.values()) if split == "all" else counts[split]
     if fmt == "parquet" and split == "all":
-        chunks = _local_file_chunks(spool)
+        chunks = _verified_chunks(handle, digest.hexdigest(), "the live dataset")
         content_sha256 = digest.hexdigest()
     else:
-        chunks = encode_batches(_parquet_batches(lambda: open(spool, "rb"), split), fmt)
+        chunks = encode_batches(_parquet_batches(lambda: _Borrowed(handle), split), fmt)
         content_sha256 = None
     stream = DatasetStream(fmt, split, rows, fingerprint.hexdigest(), None, content_sha256, chunks)
-    stream._cleanups.append(lambda: spool.unlink(missing_ok=True))
+    stream._cleanups.append(handle.close)
     return stream
 
 
@@ -239,25 +274,45 @@ def _split_rows(run: TrainingRun, split: str) -> int:
     return (run.train_examples or 0) + (run.eval_examples or 0)
 
 
-def _stored_file_chunks(artifacts: ArtifactStore, uri: str, sha256: str) -> Iterator[bytes]:
+def _sha256_of_handle(handle) -> str:
     digest = hashlib.sha256()
-    with artifacts.open_read(uri) as handle:
-        while chunk := handle.read(READ_CHUNK):
-            digest.update(chunk)
-            yield chunk
+    while chunk := handle.read(READ_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _copy_hashing(source, target) -> str:
+    digest = hashlib.sha256()
+    while chunk := source.read(READ_CHUNK):
+        digest.update(chunk)
+        target.write(chunk)
+    target.flush()
+    return digest.hexdigest()
+
+
+def _verified_chunks(handle, sha256: str, name: str) -> Iterator[bytes]:
+    """The handle's bytes, hashed as they are read. A mismatch raises before the
+    stream ends: too late for an error status, so the response is cut off instead
+    of completed (the client never sees a well-formed end)."""
+    digest = hashlib.sha256()
+    while chunk := handle.read(READ_CHUNK):
+        digest.update(chunk)
+        yield chunk
     if digest.hexdigest() != sha256:
-        # Too late for an error status: the response is cut off instead of completed.
-        raise ArtifactError(f"snapshot {uri} changed while it was being sent")
+        raise ArtifactError(f"{name} changed while it was being sent")
 
 
-def _local_file_chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as handle:
-        while chunk := handle.read(READ_CHUNK):
-            yield chunk
+class _Borrowed:
+    """A context manager lending an open handle without closing it (its owner does)."""
 
+    def __init__(self, handle):
+        self.handle = handle
 
-def _snapshot_batches(artifacts: ArtifactStore, uri: str, split: str) -> Iterator[pa.RecordBatch]:
-    return _parquet_batches(lambda: artifacts.open_read(uri), split, uri)
+    def __enter__(self):
+        return self.handle
+
+    def __exit__(self, *exc_info) -> None:
+        return None
 
 
 def _parquet_batches(opener: Callable, split: str, name: str = "dataset") -> Iterator[pa.RecordBatch]:
@@ -324,7 +379,8 @@ class _ChunkSink(io.RawIOBase):
 
 
 class _HashingFile(io.RawIOBase):
-    """Writes through to a file while hashing what goes in."""
+    """Writes through to a file while hashing what goes in; closing it leaves the
+    file open for its owner to read back."""
 
     def __init__(self, handle, digest) -> None:
         super().__init__()
@@ -341,10 +397,8 @@ class _HashingFile(io.RawIOBase):
     def tell(self) -> int:
         return self._handle.tell()
 
-    def close(self) -> None:
-        if not self.closed:
-            self._handle.close()
-        super().close()
+    def flush(self) -> None:
+        self._handle.flush()
 
 
 def _text(value) -> str:

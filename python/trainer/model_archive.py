@@ -8,10 +8,12 @@ The archive is a tar file (POSIX pax):
                          model version recorded)
     model/<file>         every file model.json lists (head.skops, …)
 
-Every file is checked against its recorded sha256 before anything is sent, and
-again while it is sent. The archive's bytes depend only on what it holds (fixed
-order, owner and times), so its sha256 is known before the first byte goes out.
-Members are streamed in chunks: a model of any size leaves with flat memory.
+Every file is read once, through one handle, into a private spool while it is
+hashed, and checked against its recorded sha256; the archive is assembled from
+those spools only (never from a path opened again), into an anonymous file whose
+sha256 and size are announced before the first byte goes out and checked again
+while it is sent. The archive's bytes depend only on what it holds (fixed order,
+owner and times). Everything moves in chunks: memory stays flat for any model.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import hashlib
 import json
 import posixpath
 import tarfile
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timezone
 
@@ -36,6 +39,8 @@ MODEL_MANIFEST = "model.json"
 MEDIA_TYPE = "application/x-tar"
 _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
+# Member files up to this size are spooled in memory, larger ones on disk (TMPDIR).
+_SPOOL_IN_MEMORY = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class ModelArchive:
     size: int
     sha256: str
     chunks: Iterator[bytes]
+    _release: Callable[[], None] = lambda: None
 
     @property
     def filename(self) -> str:
@@ -63,6 +69,7 @@ class ModelArchive:
             self.chunks.close()
         except ValueError:  # still running in another thread
             pass
+        self._release()
 
 
 def open_model_archive(store: ResultsStore, artifacts: ArtifactStore, model_version_id: int) -> ModelArchive:
@@ -83,26 +90,44 @@ def open_model_archive(store: ResultsStore, artifacts: ArtifactStore, model_vers
     except (ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(f"model version {model_version_id}: {MODEL_MANIFEST} lists no files") from exc
 
-    members = [_Member(f"{MODEL_DIRECTORY}/{MODEL_MANIFEST}", model_manifest_uri, len(raw_manifest), manifest_sha256)]
-    for name, expected in sorted(listed.items()):
-        _check_member_name(model_version_id, name)
-        uri = artifacts.join(version.artifact_uri, name)
-        size, actual = _size_and_sha256(artifacts, uri)
-        if actual != expected:
-            raise ArtifactError(f"model version {model_version_id}: {name} does not match its sha256 in {MODEL_MANIFEST}")
-        members.append(_Member(f"{MODEL_DIRECTORY}/{name}", uri, size, actual))
+    spools: list = []
+    try:
+        first = tempfile.SpooledTemporaryFile(_SPOOL_IN_MEMORY)
+        spools.append(first)
+        first.write(raw_manifest)
+        members = [_Member(f"{MODEL_DIRECTORY}/{MODEL_MANIFEST}", model_manifest_uri, len(raw_manifest), manifest_sha256)]
+        for name, expected in sorted(listed.items()):
+            _check_member_name(model_version_id, name)
+            uri = artifacts.join(version.artifact_uri, name)
+            spool = tempfile.SpooledTemporaryFile(_SPOOL_IN_MEMORY)
+            spools.append(spool)
+            size, actual = _spool(artifacts, uri, spool)
+            if actual != expected:
+                raise ArtifactError(
+                    f"model version {model_version_id}: {name} does not match its sha256 in {MODEL_MANIFEST}"
+                )
+            members.append(_Member(f"{MODEL_DIRECTORY}/{name}", uri, size, actual))
 
-    manifest = _archive_manifest(version, run, members)
-    manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
-    mtime = int(version.created_at.replace(tzinfo=timezone.utc).timestamp())
-
-    # The same bytes twice: once into a hash (to announce it), once to the client.
-    digest, size = hashlib.sha256(), 0
-    for chunk in _tar_chunks(artifacts, manifest_bytes, members, mtime, verify=False):
-        digest.update(chunk)
-        size += len(chunk)
-    chunks = _tar_chunks(artifacts, manifest_bytes, members, mtime, verify=True)
-    return ModelArchive(version, manifest, size, digest.hexdigest(), chunks)
+        manifest = _archive_manifest(version, run, members)
+        manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+        mtime = int(version.created_at.replace(tzinfo=timezone.utc).timestamp())
+        # Anonymous: no path reaches it, so what is sent is what was hashed here.
+        archive = tempfile.TemporaryFile(prefix="model-archive-")
+        spools.append(archive)
+        digest = hashlib.sha256()
+        for chunk in _tar_chunks(manifest_bytes, members, spools[:-1], mtime):
+            digest.update(chunk)
+            archive.write(chunk)
+        size = archive.tell()
+        archive.seek(0)
+    except BaseException:
+        for spool in spools:
+            spool.close()
+        raise
+    for spool in spools[:-1]:
+        spool.close()
+    chunks = _verified_chunks(archive, digest.hexdigest(), f"the archive of model version {model_version_id}")
+    return ModelArchive(version, manifest, size, digest.hexdigest(), chunks, archive.close)
 
 
 def _archive_manifest(version: ModelVersion, run: TrainingRun, members: list[_Member]) -> dict:
@@ -146,13 +171,27 @@ def _read_small(artifacts: ArtifactStore, uri: str) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def _size_and_sha256(artifacts: ArtifactStore, uri: str) -> tuple[int, str]:
+def _spool(artifacts: ArtifactStore, uri: str, spool) -> tuple[int, str]:
+    """Copy a stored file into ``spool`` through one handle; its size and the sha256 of what was read."""
     digest, size = hashlib.sha256(), 0
     with artifacts.open_read(uri) as handle:
         while chunk := handle.read(CHUNK_SIZE):
             digest.update(chunk)
             size += len(chunk)
+            spool.write(chunk)
+    spool.seek(0)
     return size, digest.hexdigest()
+
+
+def _verified_chunks(handle, sha256: str, name: str) -> Iterator[bytes]:
+    """Bytes that differ from what was hashed raise before the archive's end: the
+    response is cut off (short of its Content-Length), never completed."""
+    digest = hashlib.sha256()
+    while chunk := handle.read(CHUNK_SIZE):
+        digest.update(chunk)
+        yield chunk
+    if digest.hexdigest() != sha256:
+        raise ArtifactError(f"{name} changed while it was being sent")
 
 
 def _header(name: str, size: int, mtime: int) -> bytes:
@@ -168,29 +207,21 @@ def _padding(size: int) -> bytes:
     return b"\0" * (-size % _BLOCK)
 
 
-def _tar_chunks(
-    artifacts: ArtifactStore, manifest_bytes: bytes, members: list[_Member], mtime: int, verify: bool
-) -> Iterator[bytes]:
+def _tar_chunks(manifest_bytes: bytes, members: list[_Member], spools: list, mtime: int) -> Iterator[bytes]:
     written = 0
     for piece in (_header(MANIFEST, len(manifest_bytes), mtime), manifest_bytes, _padding(len(manifest_bytes))):
         written += len(piece)
         yield piece
-    for member in members:
+    for member, spool in zip(members, spools, strict=True):
         header = _header(member.name, member.size, mtime)
         written += len(header)
         yield header
-        digest, size = hashlib.sha256(), 0
-        with artifacts.open_read(member.uri) as handle:
-            while chunk := handle.read(CHUNK_SIZE):
-                digest.update(chunk)
-                size += len(chunk)
-                written += len(chunk)
-                yield chunk
-        if verify and (size != member.size or digest.hexdigest() != member.sha256):
-            # Too late for an error status: the archive is cut off instead of completed.
-            raise ArtifactError(f"{member.uri} changed while it was being sent")
-        written += len(_padding(size))
-        yield _padding(size)
+        spool.seek(0)
+        while chunk := spool.read(CHUNK_SIZE):
+            written += len(chunk)
+            yield chunk
+        written += len(_padding(member.size))
+        yield _padding(member.size)
     # Two zero blocks end the archive; tar pads the whole to a multiple of its record size.
     end = 2 * _BLOCK
     end += -(written + end) % _RECORD

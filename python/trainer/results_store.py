@@ -18,9 +18,42 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from trainer.db import Database, Session
+from trainer.arguments import check_model_name
 from trainer.errors import ConfigurationError, NotFound, TrainerError
 
 RUN_STATUSES = ("queued", "running", "succeeded", "failed")
+# MODEL_NAME_PATTERN (trainer.arguments) for PostgreSQL: `\Z`, not `$`, ends the text.
+_MODEL_NAME_SQL = "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\\Z"
+
+# complete; disconnected (the client left first); failed (cut off by an error, or a
+# 5xx); refused (answered with a 4xx before any data). Migration 6 added `refused`.
+AUDIT_OUTCOMES = ("complete", "disconnected", "failed", "refused")
+_AUDIT_OUTCOMES_SQL = "(" + ", ".join(f"'{outcome}'" for outcome in AUDIT_OUTCOMES) + ")"
+# training.audit_log as of migration 6, for DuckDB's rebuild (same names as migration 4's).
+_AUDIT_LOG_ALL_COLUMNS = (
+    "audit_id, occurred_at, finished_at, token_name, method, route, object_id, details, status_code, "
+    "bytes_sent, sha256, outcome, error, token_state, request_id"
+)
+_AUDIT_LOG_DUCKDB_COLUMNS = f"""
+    audit_id bigint not null default nextval('training.audit_log_audit_id_seq'),
+    occurred_at timestamp not null,
+    finished_at timestamp not null,
+    token_name text not null,
+    method text not null,
+    route text not null,
+    object_id text,
+    details text,
+    status_code integer not null,
+    bytes_sent bigint not null,
+    sha256 text,
+    outcome text not null,
+    error text,
+    token_state text,
+    request_id text,
+    constraint audit_log_audit_id_pkey primary key (audit_id),
+    constraint audit_log_outcome_check check (outcome in {_AUDIT_OUTCOMES_SQL}),
+    constraint audit_log_bytes_sent_check check (bytes_sent >= 0)
+"""
 
 # A statement is SQL for every engine, or a {dialect: SQL} mapping for some.
 MIGRATIONS: list[tuple[int, str, list[str | dict[str, str]]]] = [
@@ -187,11 +220,51 @@ MIGRATIONS: list[tuple[int, str, list[str | dict[str, str]]]] = [
             )""",
         ],
     ),
+    (
+        6,
+        "audit log: the request id, whether a token was presented, and a refused outcome; model names checked",
+        [
+            # Every attempt is audited now, refused ones too: `token_state` says whether
+            # the request carried a valid token, none, or an unknown one (token_name is
+            # then "(none)" or "(unknown)"), and `request_id` ties a row to the server's log.
+            "alter table training.audit_log add column if not exists token_state text",
+            "alter table training.audit_log add column if not exists request_id text",
+            # A refused attempt (4xx) gets its own outcome, apart from one that failed.
+            # PostgreSQL widens the CHECK in place (existing rows all pass it).
+            {"postgres": "alter table training.audit_log drop constraint if exists audit_log_outcome_check"},
+            {
+                "postgres": "alter table training.audit_log add constraint audit_log_outcome_check "
+                f"check (outcome in {_AUDIT_OUTCOMES_SQL})"
+            },
+            # DuckDB cannot alter a CHECK: the table is rebuilt (nothing references it).
+            # Ids are copied; the new table takes its defaults from the same sequence, so
+            # new rows continue after the old ones. The index goes with the old table and
+            # is made again after the rename (DuckDB renames no table that has one).
+            {"duckdb": f"create table training.audit_log_rebuilt ({_AUDIT_LOG_DUCKDB_COLUMNS})"},
+            {
+                "duckdb": f"insert into training.audit_log_rebuilt ({_AUDIT_LOG_ALL_COLUMNS}) "
+                f"select {_AUDIT_LOG_ALL_COLUMNS} from training.audit_log"
+            },
+            {"duckdb": "drop table training.audit_log"},
+            {"duckdb": "alter table training.audit_log_rebuilt rename to audit_log"},
+            {"duckdb": "create index if not exists audit_log_occurred_at_idx on training.audit_log (occurred_at)"},
+            # DuckDB cannot add a CHECK to an existing table (and cannot rebuild one that
+            # other tables reference), so there the store checks names before it inserts.
+            # NOT VALID: rows written before the rule stay readable; new rows must follow it.
+            {
+                "postgres": "alter table training.model_versions add constraint model_versions_model_name_check "
+                f"check (model_name ~ '{_MODEL_NAME_SQL}') not valid"
+            },
+            {
+                "postgres": "alter table training.training_runs add constraint training_runs_model_name_check "
+                f"check (model_name ~ '{_MODEL_NAME_SQL}') not valid"
+            },
+        ],
+    ),
 ]
 # Rows per insert statement for bulk writes: one round trip per chunk on PostgreSQL
 # (the session has no executemany), well under its 65,535 bind parameters.
 _INSERT_CHUNK_ROWS = 500
-AUDIT_OUTCOMES = ("complete", "disconnected", "failed")
 # An advisory-lock key for schema changes on PostgreSQL (any constant shared by all trainers).
 _MIGRATION_LOCK_KEY = 7_316_250_921
 
@@ -270,10 +343,7 @@ _VERSION_COLUMNS = "model_version_id, model_name, version, run_id, artifact_uri,
 _LABEL_ISSUE_COLUMNS = (
     "rank, annotation_id, document_id, split, label, suggested_label, label_probability, suggested_probability"
 )
-_AUDIT_COLUMNS = (
-    "audit_id, occurred_at, finished_at, token_name, method, route, object_id, details, status_code, "
-    "bytes_sent, sha256, outcome, error"
-)
+_AUDIT_COLUMNS = _AUDIT_LOG_ALL_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -293,6 +363,8 @@ class AuditEntry:
     sha256: str | None
     outcome: str
     error: str | None
+    token_state: str | None = None  # valid, none or unknown; null on rows from before migration 6
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -401,6 +473,7 @@ class ResultsStore:
 
     def queue_run(self, model_name: str, params: dict[str, Any]) -> int:
         """Record a `queued` run for a worker to pick up; return its id."""
+        check_model_name(model_name)
         with self.database.session() as session:
             return int(
                 session.scalar(
@@ -412,6 +485,7 @@ class ResultsStore:
 
     def start_run(self, model_name: str, params: dict[str, Any], worker: str) -> int:
         """Record a new run that starts right away (`running`, owned by ``worker``)."""
+        check_model_name(model_name)
         now = utcnow()
         with self.database.session() as session:
             return int(
@@ -561,6 +635,7 @@ class ResultsStore:
         Refuses (and writes nothing) when the run is no longer this worker's
         running run, e.g. because a reaper declared it lost.
         """
+        check_model_name(model_name)
         now = utcnow()
         with self.database.session() as session:
             if session.dialect == "postgres":
@@ -723,8 +798,8 @@ class ResultsStore:
             return int(
                 session.scalar(
                     "insert into training.audit_log (occurred_at, finished_at, token_name, method, route, object_id, "
-                    "details, status_code, bytes_sent, sha256, outcome, error) "
-                    "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) returning audit_id",
+                    "details, status_code, bytes_sent, sha256, outcome, error, token_state, request_id) "
+                    "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) returning audit_id",
                     (
                         entry.occurred_at,
                         entry.finished_at,
@@ -738,6 +813,8 @@ class ResultsStore:
                         entry.sha256,
                         entry.outcome,
                         entry.error,
+                        entry.token_state,
+                        entry.request_id,
                     ),
                 )
             )

@@ -8,18 +8,20 @@ under uvicorn. Every route but ``/health`` needs a bearer token (see
 from __future__ import annotations
 
 import logging
+import math
 import re
 from importlib import metadata
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trainer.api.context import ApiContext, reader
-from trainer.api.schemas import Health, Problem
+from trainer.api.guard import RequestGuard, attempt_of, excerpt, private_names, public_message, request_id_of
+from trainer.api.schemas import Health, Problem, TrainingRequest
 from trainer.api.tokens import ApiToken, TokenRegistry
 from trainer.errors import (
     ArtifactError,
@@ -78,31 +80,6 @@ def _database_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-class SecurityHeaders:
-    """Adds nosniff and no-store to every response (a pure ASGI middleware, so
-    streamed downloads and client disconnects pass through untouched)."""
-
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                present = {name.lower() for name, _ in headers}
-                for name, value in ((b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store")):
-                    if name not in present:
-                        headers.append((name, value))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, with_headers)
-
-
 def create_app(settings: Settings, tokens: TokenRegistry) -> FastAPI:
     """The application for one database and artifact store."""
     from trainer.api import downloads, model_versions, runs
@@ -115,9 +92,13 @@ def create_app(settings: Settings, tokens: TokenRegistry) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
         responses=ERROR_RESPONSES,
+        # A redirect to the path without its slash would be built from the Host
+        # header, which the client chose; an unknown path is a 404 instead.
+        redirect_slashes=False,
     )
-    app.state.context = ApiContext(settings, tokens)
-    app.add_middleware(SecurityHeaders)
+    context = ApiContext(settings, tokens)
+    app.state.context = context
+    app.add_middleware(RequestGuard, context=context)
 
     @app.get("/health", response_model=Health, tags=["health"], responses={503: {"model": Health}})
     async def health():
@@ -141,7 +122,26 @@ def create_app(settings: Settings, tokens: TokenRegistry) -> FastAPI:
     app.include_router(model_versions.router)
     app.include_router(downloads.router)
     _install_error_handlers(app)
+    _publish_body_schema(app)
     return app
+
+
+def _publish_body_schema(app: FastAPI) -> None:
+    """POST /training-runs reads its own body (after the token, up to a limit), so
+    FastAPI does not see TrainingRequest: put its schema where the route points."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            document = generate()
+            schema = TrainingRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = document.setdefault("components", {}).setdefault("schemas", {})
+            components.update(schema.pop("$defs", {}))
+            components["TrainingRequest"] = schema
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def _ping(context: ApiContext) -> None:
@@ -153,12 +153,25 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TrainerError)
     async def trainer_error(request: Request, exc: TrainerError):
         status = status_for(exc)
+        request_id = request_id_of(request)
+        log.warning("request %s: %d %s %s: %s", request_id, status, request.method, request.url.path, _one_line(exc))
+        if status == 503:
+            return JSONResponse({"detail": f"the database is unavailable (request id {request_id})"}, status_code=503)
+        message = public_message(str(exc), private_names(app.state.context))
+        attempt = attempt_of(request)
+        label = _OBJECTS.get(attempt.route) if attempt is not None else None
+        if status == 409 and label and attempt.object_id and f"{label} {attempt.object_id}" not in message:
+            message = f"{label} {attempt.object_id}: {message}"
         if status == 422:
             # The shape of FastAPI's own validation errors, so clients parse one kind of 422.
-            return JSONResponse({"detail": [{"loc": ["query"], "msg": str(exc), "type": "value_error"}]}, status_code=422)
-        return JSONResponse({"detail": str(exc)}, status_code=status)
+            return JSONResponse({"detail": [{"loc": ["query"], "msg": message, "type": "value_error"}]}, status_code=422)
+        if status >= 409:
+            message += f" (request id {request_id})"
+        return JSONResponse({"detail": message}, status_code=status)
 
-    database_errors = _database_errors()
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        return JSONResponse({"detail": bounded_errors(exc.errors())}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -168,13 +181,55 @@ def _install_error_handlers(app: FastAPI) -> None:
             headers["Allow"] = ", ".join(_allowed_methods(app, request.url.path))
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
+    async def database_error(request: Request, exc: Exception):
+        request_id = request_id_of(request)
+        log.warning("request %s: database error on %s %s: %s", request_id, request.method, request.url.path, _one_line(exc))
+        return JSONResponse({"detail": f"the database is unavailable (request id {request_id})"}, status_code=503)
+
+    # Registered per class (not under Exception) so that they are answered inside the
+    # guard, which then audits the 503 the client really got.
+    for error_class in _database_errors():
+        app.add_exception_handler(error_class, database_error)
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
-        if isinstance(exc, database_errors):
-            log.warning("database error on %s %s: %s", request.method, request.url.path, _one_line(exc))
-            return JSONResponse({"detail": f"the database is unavailable: {_one_line(exc)}"}, status_code=503)
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal error (see the server's log)"}, status_code=500)
+        request_id = request_id_of(request)
+        log.error("request %s: unexpected error on %s %s: %s", request_id, request.method, request.url.path, _one_line(exc))
+        # Answered outside the guard (Starlette's last resort), so its headers are set here.
+        headers = {"X-Request-ID": request_id, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+        return JSONResponse({"detail": f"internal error (request id {request_id})"}, status_code=500, headers=headers)
+
+
+_OBJECTS = {
+    "/training-runs/{run_id}/dataset": "training run",
+    "/model-versions/{model_version_id}/download": "model version",
+}
+def bounded_errors(errors) -> list[dict]:
+    """FastAPI's validation errors, bounded: at most 20, each naming its field, with
+    at most an excerpt of the input (JSON-safe: NaN and Infinity become text)."""
+    bounded = []
+    for error in list(errors)[:20]:
+        item = {
+            "loc": [part if isinstance(part, int) else excerpt(str(part)) for part in list(error.get("loc", ()))[:8]],
+            "msg": excerpt(str(error.get("msg", "")), 200),
+            "type": str(error.get("type", "value_error")),
+        }
+        if "input" in error:
+            item["input"] = _input_excerpt(error["input"])
+        bounded.append(item)
+    return bounded
+
+
+def _input_excerpt(value):
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int) and abs(value) < 2**63:
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    if isinstance(value, (dict, list, tuple)):
+        return excerpt(f"<{type(value).__name__} of {len(value)}>")
+    return excerpt(str(value))
 
 
 def _allowed_methods(app: FastAPI, path: str) -> list[str]:

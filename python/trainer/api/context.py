@@ -51,9 +51,9 @@ class ApiContext:
         if not self._ready:
             with self.database.session() as session:
                 if not self.store.is_ready(session):
+                    # Not database.describe(): a client is not told where the database lives.
                     raise DatabaseUnavailable(
-                        f"the results tables in {self.database.describe()} are missing or out of date: "
-                        "run `python -m trainer init-db`"
+                        "the results tables are missing or out of date: run `python -m trainer init-db`"
                     )
             self._ready = True
         return self.store
@@ -73,7 +73,12 @@ def require(role: str):
     def authenticated(
         request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
     ) -> ApiToken:
-        token = context_of(request).tokens.authenticate(credentials.credentials if credentials else None)
+        state = request.scope.get("state", {})
+        # The guard resolved the token already (so the audit row and the answer agree).
+        if "auth" in state:
+            token = state["auth"]
+        else:
+            token = context_of(request).tokens.authenticate(credentials.credentials if credentials else None)
         if token is None:
             raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": REALM})
         if not token.allows(role):

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Literal
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from trainer.api.audit import Audit, AuditedStreamingResponse
+from trainer.api.audit import AuditedStreamingResponse
 from trainer.api.context import context_of, reader
-from trainer.api.schemas import MAX_ID
+from trainer.api.guard import attempt_of, content_disposition
+from trainer.api.schemas import ModelVersionId, RunId
 from trainer.api.tokens import ApiToken
-from trainer.errors import TrainerError
 from trainer.export import MEDIA_TYPES
 
 router = APIRouter(tags=["downloads"])
@@ -44,7 +45,7 @@ ARCHIVE_RESPONSES = {
 
 def _download_headers(filename: str, extra: dict[str, str | int | None]) -> dict[str, str]:
     headers = {
-        "Content-Disposition": f'attachment; filename="{filename}"',
+        "Content-Disposition": content_disposition(filename),
         "X-Content-Type-Options": "nosniff",
         "Cache-Control": "no-store",
     }
@@ -52,18 +53,13 @@ def _download_headers(filename: str, extra: dict[str, str | int | None]) -> dict
     return headers
 
 
-async def _audited(request: Request, token: ApiToken, route: str, object_id, details: dict, opener: Callable):
-    """Open a download (in a thread: it reads files and the database); an attempt
-    refused before the first byte is audited as failed, then answered as an error."""
-    store = context_of(request).ready_store()
-    audit = Audit(store, token, "GET", route, object_id, details)
-    try:
-        return audit, await run_in_threadpool(opener)
-    except TrainerError as exc:
-        from trainer.api.app import status_for
-
-        await run_in_threadpool(audit.record, status_for(exc), "failed", str(exc))
-        raise
+async def _opened(request: Request, details: dict, opener: Callable):
+    """Open a download (in a thread: it reads files and the database). A refusal
+    (404, 409, ...) is raised as usual; the guard audits it with its status."""
+    attempt = attempt_of(request)
+    if attempt is not None:
+        attempt.details.update(details)
+    return attempt, await run_in_threadpool(opener)
 
 
 @router.get(
@@ -75,7 +71,7 @@ async def _audited(request: Request, token: ApiToken, route: str, object_id, det
 )
 async def run_dataset(
     request: Request,
-    run_id: int = Path(ge=1, le=MAX_ID, description="A training run's id."),
+    run_id: RunId,
     format: Literal["jsonl", "csv", "parquet"] = Format,
     split: Literal["all", "train", "eval"] = Split,
     token: ApiToken = Depends(reader),
@@ -83,11 +79,11 @@ async def run_dataset(
     from trainer.export import open_run_dataset
 
     settings = context_of(request).settings
-    audit, stream = await _audited(
-        request, token, "/training-runs/{run_id}/dataset", run_id, {"format": format, "split": split},
-        lambda: open_run_dataset(settings, run_id, format, split),
+    attempt, stream = await _opened(
+        request, {"format": format, "split": split}, lambda: open_run_dataset(settings, run_id, format, split)
     )
-    audit.details.update(fingerprint=stream.fingerprint, snapshot_sha256=stream.snapshot_sha256, rows=stream.rows)
+    if attempt is not None:
+        attempt.details.update(fingerprint=stream.fingerprint, snapshot_sha256=stream.snapshot_sha256, rows=stream.rows)
     headers = _download_headers(
         f"run-{run_id}-{split}.{format}",
         {
@@ -97,7 +93,7 @@ async def run_dataset(
             "X-Example-Count": stream.rows,
         },
     )
-    return AuditedStreamingResponse(stream.chunks, audit, stream.close, stream.media_type, headers)
+    return AuditedStreamingResponse(stream.chunks, stream.close, stream.media_type, headers)
 
 
 @router.get(
@@ -116,16 +112,16 @@ async def current_dataset(
     from trainer.export import open_current_dataset
 
     settings = context_of(request).settings
-    audit, stream = await _audited(
-        request, token, "/datasets/current", None, {"format": format, "split": split},
-        lambda: open_current_dataset(settings, format, split),
+    attempt, stream = await _opened(
+        request, {"format": format, "split": split}, lambda: open_current_dataset(settings, format, split)
     )
-    audit.details.update(fingerprint=stream.fingerprint, rows=stream.rows)
+    if attempt is not None:
+        attempt.details.update(fingerprint=stream.fingerprint, rows=stream.rows)
     headers = _download_headers(
         f"training-examples-{stream.fingerprint[:12]}-{split}.{format}",
         {"X-Dataset-Fingerprint": stream.fingerprint, "X-Content-SHA256": stream.content_sha256, "X-Example-Count": stream.rows},
     )
-    return AuditedStreamingResponse(stream.chunks, audit, stream.close, stream.media_type, headers)
+    return AuditedStreamingResponse(stream.chunks, stream.close, stream.media_type, headers)
 
 
 @router.get(
@@ -138,28 +134,29 @@ async def current_dataset(
 )
 async def download_model(
     request: Request,
-    model_version_id: int = Path(ge=1, le=MAX_ID, description="A model version's id."),
+    model_version_id: ModelVersionId,
     token: ApiToken = Depends(reader),
 ):
     from trainer.model_archive import MEDIA_TYPE, open_model_archive
 
     context = context_of(request)
-    audit, archive = await _audited(
-        request, token, "/model-versions/{model_version_id}/download", model_version_id, {},
-        lambda: open_model_archive(context.ready_store(), context.artifacts, model_version_id),
+    attempt, archive = await _opened(
+        request, {}, lambda: open_model_archive(context.ready_store(), context.artifacts, model_version_id)
     )
     version = archive.model_version
-    audit.details.update(
-        model_name=version.model_name, version=version.version, run_id=version.run_id, archive_sha256=archive.sha256
-    )
+    if attempt is not None:
+        attempt.details.update(
+            model_name=version.model_name, version=version.version, run_id=version.run_id, archive_sha256=archive.sha256
+        )
     headers = _download_headers(
         archive.filename,
         {
             "Content-Length": archive.size,
             "X-Content-SHA256": archive.sha256,
             "ETag": f'"{archive.sha256}"',
-            "X-Model-Version": f"{version.model_name}:{version.version}",
+            # Percent-encoded: a name written before the rule must not break or split the header.
+            "X-Model-Version": f"{quote(version.model_name, safe='')}:{version.version}",
             "X-Dataset-Fingerprint": archive.manifest["dataset_fingerprint"],
         },
     )
-    return AuditedStreamingResponse(archive.chunks, audit, archive.close, MEDIA_TYPE, headers)
+    return AuditedStreamingResponse(archive.chunks, archive.close, MEDIA_TYPE, headers)

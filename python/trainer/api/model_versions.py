@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends
 
 from trainer.api.context import reader, results
 from trainer.api.runs import Limit, ModelFilter, Offset, next_offset, with_links
-from trainer.api.schemas import MAX_ID, AuditEntryOut, AuditPage, Lineage, ModelVersionOut, ModelVersionPage
+from trainer.api.schemas import AuditEntryOut, AuditPage, Lineage, ModelVersionId, ModelVersionOut, ModelVersionPage
 from trainer.api.tokens import ApiToken
 from trainer.results_store import ModelVersion, ResultsStore
 
@@ -53,7 +53,7 @@ def list_model_versions(
     tags=["model versions"],
 )
 def get_model_version(
-    model_version_id: int = Path(ge=1, le=MAX_ID, description="A model version's id."),
+    model_version_id: ModelVersionId,
     store: ResultsStore = Depends(results),
     _: ApiToken = Depends(reader),
 ):

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from trainer.api.audit import Audit
 from trainer.api.context import context_of, reader, results, trainer
-from trainer.api.schemas import MAX_ID, Lineage, MetricOut, QueuedRun, RunMetrics, RunOut, RunPage, TrainingRequest
+from trainer.api.guard import MAX_BODY_BYTES, attempt_of, read_body
+from trainer.api.schemas import (
+    Lineage,
+    MetricOut,
+    QueuedRun,
+    RunId,
+    RunMetrics,
+    RunOut,
+    RunPage,
+    TrainingRequest,
+    parse_training_request,
+)
 from trainer.api.tokens import ApiToken
 from trainer.arguments import MODEL_NAME_PATTERN
 from trainer.errors import NotFound
@@ -17,7 +27,6 @@ from trainer.results_store import ResultsStore
 
 router = APIRouter(tags=["training runs"])
 
-RunId = Path(ge=1, le=MAX_ID, description="A training run's id.")
 Limit = Query(50, ge=1, le=500, description="Rows per page.")
 Offset = Query(0, ge=0, le=10**9, description="Rows to skip (newest first).")
 ModelFilter = Query(None, pattern=MODEL_NAME_PATTERN.pattern, max_length=100, description="Only this model's.")
@@ -68,7 +77,7 @@ def list_runs(
     response_model=Lineage,
     summary="One run: status, params, library versions, dataset, snapshot, artifact, error",
 )
-def get_run(run_id: int = RunId, store: ResultsStore = Depends(results), _: ApiToken = Depends(reader)):
+def get_run(run_id: RunId, store: ResultsStore = Depends(results), _: ApiToken = Depends(reader)):
     from trainer.lineage import run_lineage
 
     return with_links(run_lineage(store, run_id))
@@ -87,7 +96,7 @@ def with_links(lineage: dict) -> dict:
 
 
 @router.get("/training-runs/{run_id}/metrics", response_model=RunMetrics, summary="The metric rows a run wrote")
-def get_metrics(run_id: int = RunId, store: ResultsStore = Depends(results), _: ApiToken = Depends(reader)):
+def get_metrics(run_id: RunId, store: ResultsStore = Depends(results), _: ApiToken = Depends(reader)):
     run = store.get_run(run_id)
     items = [MetricOut(split=m.split, name=m.name, label=m.label, value=m.value) for m in store.run_metrics(run_id)]
     return RunMetrics(run_id=run.run_id, status=run.status, items=items)
@@ -98,13 +107,28 @@ def get_metrics(run_id: int = RunId, store: ResultsStore = Depends(results), _: 
     status_code=202,
     response_model=QueuedRun,
     summary="Queue a training run (a worker trains it)",
+    # The body is read by the route itself, after the token is checked and only up to
+    # MAX_BODY_BYTES; the schema is announced here (see app.py, which publishes it).
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": f"TrainingArguments and a source; at most {MAX_BODY_BYTES} bytes.",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TrainingRequest"}}},
+        }
+    },
     responses={
         400: {"description": "The body is not JSON."},
         403: {"description": "The token's role is not `trainer`."},
         404: {"description": "`source.reference` names no stored snapshot."},
+        408: {"description": "The body did not arrive in time."},
+        413: {"description": f"The body is larger than {MAX_BODY_BYTES} bytes."},
+        422: {"description": "A field is invalid; `detail` names each (`loc`)."},
     },
 )
-async def queue_run(body: TrainingRequest, request: Request, response: Response, token: ApiToken = Depends(trainer)):
+async def queue_run(request: Request, response: Response, token: ApiToken = Depends(trainer)):
+    raw = await read_body(request)
+    # Parsed in a thread: a slow parse must not hold the event loop (the body limit keeps it short anyway).
+    body = await run_in_threadpool(parse_training_request, raw)
     run_id = await run_in_threadpool(_queue, request, body, token)
     response.headers["Location"] = run_url(run_id)
     return QueuedRun(run_id=run_id, status="queued", url=run_url(run_id))
@@ -120,13 +144,16 @@ def _queue(request: Request, body: TrainingRequest, token: ApiToken) -> int:
     values = body.model_dump(exclude={"source"})
     if body.source.kind == "snapshot":
         source = SnapshotSource(body.source.reference)
-        _check_snapshot_exists(store, source.reference.strip().lower())
     else:
         source = DatabaseSource(body.source.moment())
+    attempt = attempt_of(request)
+    if attempt is not None:
+        attempt.details.update({"model_name": body.model_name, **source.params()})
+    if body.source.kind == "snapshot":
+        _check_snapshot_exists(store, source.reference.strip().lower())
     run_id = request_run(TrainingArguments(**values), context.settings, source, requested_by=token.name)
-    Audit(store, token, "POST", "/training-runs", run_id, {"model_name": body.model_name, **source.params()}).record(
-        202, "complete"
-    )
+    if attempt is not None:
+        attempt.object_id = str(run_id)
     return run_id
 
 

@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
+from fastapi import Path
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from trainer.arguments import MODEL_NAME_PATTERN
 from trainer.embeddings import DEFAULT_EMBEDDING_BACKEND, EMBEDDING_BACKENDS
 
 MAX_ID = 2**63 - 1  # bigint
+_CANONICAL_ID = re.compile(r"[1-9][0-9]{0,18}")
+
+
+def _canonical_id(value: Any) -> Any:
+    """One spelling per id: `1`, never `01`, `+1`, `1.0` or `1_0` (which pydantic would all read as 1)."""
+    if isinstance(value, str) and not _CANONICAL_ID.fullmatch(value):
+        raise ValueError("must be an id in canonical decimal: digits without sign, point or leading zero")
+    return value
+
+
+RunId = Annotated[
+    int, Path(ge=1, le=MAX_ID, description="A training run's id (canonical decimal)."), BeforeValidator(_canonical_id)
+]
+ModelVersionId = Annotated[
+    int, Path(ge=1, le=MAX_ID, description="A model version's id (canonical decimal)."), BeforeValidator(_canonical_id)
+]
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -165,8 +183,16 @@ class AuditEntryOut(BaseModel):
     status_code: int
     bytes_sent: int
     sha256: str | None = Field(description="sha256 of the bytes sent.")
-    outcome: Literal["complete", "disconnected", "failed"]
+    outcome: Literal["complete", "disconnected", "failed", "refused"] = Field(
+        description="complete; disconnected (the client left early: bytes_sent says how far it got); "
+        "refused (answered with the 4xx in status_code before any data; error says why); "
+        "failed (a 5xx, or cut off midway by an error; error says why)."
+    )
     error: str | None
+    token_state: Literal["valid", "none", "unknown"] | None = Field(
+        None, description="Whether the request carried a valid token, none, or an unknown one (null: before this was kept)."
+    )
+    request_id: str | None = Field(None, description="The X-Request-ID of the response; the server's log uses it too.")
 
 
 class AuditPage(Page):
@@ -314,3 +340,29 @@ class QueuedRun(BaseModel):
     run_id: int
     status: Literal["queued"]
     url: str
+
+
+def _bounded_int(text: str) -> int | float:
+    # Digits beyond any field's range are infinity (a 422 naming the field), not
+    # Python's 4300-digit conversion error, and never a slow conversion.
+    return int(text) if len(text) <= 40 else math.inf
+
+
+def parse_training_request(raw: bytes) -> TrainingRequest:
+    """The body of POST /training-runs: 400 if it is not JSON, 422 naming each bad field
+    (NaN, Infinity and numbers out of range included)."""
+    from fastapi import HTTPException
+    from fastapi.exceptions import RequestValidationError
+    from pydantic import ValidationError
+
+    if not raw.strip():
+        raise RequestValidationError([{"loc": ("body",), "msg": "Field required", "type": "missing"}])
+    try:
+        data = json.loads(raw, parse_int=_bounded_int)
+    except (ValueError, RecursionError):
+        raise HTTPException(400, "the body is not JSON") from None
+    try:
+        return TrainingRequest.model_validate(data)
+    except ValidationError as exc:
+        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
