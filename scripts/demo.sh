@@ -76,7 +76,8 @@ echo "Done. The database holds the app's tables (app), the dataset views (datase
 echo "  .venv/bin/python -m trainer runs --target $target"
 echo "  .venv/bin/python -m trainer show model segment-labeler latest --target $target   # lineage down to the snapshot"
 if [ "$target" = duckdb ]; then
-    echo "  .venv/bin/python -c \"import duckdb; print(duckdb.connect('${TRAINER_DUCKDB_PATH:-warehouse.duckdb}', read_only=True).sql('select * from datasets.training_examples limit 5'))\""
+    # Attached under the trainer's catalog name, so any file name works (USER_GUIDE §5).
+    echo "  .venv/bin/python -c \"import duckdb; c = duckdb.connect(); c.execute(\\\"attach '${TRAINER_DUCKDB_PATH:-warehouse.duckdb}' as warehouse (read_only)\\\"); print(c.sql('select * from warehouse.datasets.training_examples limit 5'))\""
 else
     echo "  psql -c 'select * from datasets.training_examples limit 5'   # with PGDATABASE=$PGDATABASE"
 fi

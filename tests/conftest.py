@@ -160,10 +160,11 @@ class Workspace:
     target: str = "duckdb"
     pg_database: str | None = None
     server: PostgresServer | None = field(default=None, repr=False)
+    duckdb_name: str = "warehouse.duckdb"
 
     @property
     def duckdb_path(self) -> Path:
-        return self.root / "warehouse.duckdb"
+        return self.root / self.duckdb_name
 
     @property
     def artifacts(self) -> Path:

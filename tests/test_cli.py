@@ -282,3 +282,50 @@ def test_metrics_prints_what_the_database_holds(trained):
     assert f"macro_f1            {stored['macro_f1']:.3f}" in result.stdout
     missing = space.trainer("metrics", "--run", "999")
     assert missing.returncode == 1 and missing.stderr.strip() == "Error: training run 999 does not exist"
+
+
+# -- printed tables ----------------------------------------------------------------
+
+# Two labels that a 12-character column printed alike ("Prod_quantit"), as a
+# receipts data set has them.
+LONG_LABELS = {"question": "Prod_quantity_ordered", "answer": "Prod_quantity_shipped"}
+LONG_MODEL_NAME = "receipts-line-items-quantities"
+
+
+def test_train_metrics_runs_and_show_print_long_labels_and_names_in_full(duckdb_workspace):
+    space = prepared_workspace(duckdb_workspace, documents=10)
+    for label, long in LONG_LABELS.items():
+        space.query("update app.annotation_events set label = ? where label = ?", [long, label])
+    trained = space.trainer(
+        "train", "--model-name", LONG_MODEL_NAME, "--no-embedding", "--no-layout", "--no-neighbours",
+        "--no-label-issues", "--stacking-folds", "2", "--quiet",
+    )
+    assert trained.returncode == 0, trained.stderr
+    metrics = space.trainer("metrics", "--run", "1")
+    assert metrics.returncode == 0, metrics.stderr
+    for printed in (trained.stdout, metrics.stdout):
+        for split in ("eval", "train"):
+            lines = label_table(printed, split)
+            rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+            assert set(LONG_LABELS.values()) <= set(rows)
+            assert all(len(figures) == 4 for figures in rows.values())
+            assert len({len(line) for line in lines}) == 1  # the columns line up under the header
+
+    runs = space.trainer("runs")
+    assert runs.returncode == 0 and LONG_MODEL_NAME in runs.stdout.splitlines()[1].split()
+
+    shown = space.trainer("show", "run", "1")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    summary = lines[lines.index(next(line for line in lines if line.startswith("Examples "))) + 2: lines.index("Metrics")]
+    assert set(LONG_LABELS.values()) <= {line.split()[1] for line in summary}
+    metric_lines = lines[lines.index("Metrics") + 1:]
+    assert metric_lines and all(len(line.split()) == 2 for line in metric_lines)  # name and value apart, always
+    assert "eval.precision_at_target_precision" in {line.split()[0] for line in metric_lines}
+
+
+def label_table(printed: str, split: str) -> list[str]:
+    """The per-label table of one split (header first) as `train` and `metrics` print it."""
+    section = printed.split(f"{split} split\n")[1].split("\n\n")[0].splitlines()
+    start = next(i for i, line in enumerate(section) if line.split()[:1] == ["label"])
+    return section[start:]

@@ -221,3 +221,53 @@ def test_the_step_bar_shows_without_the_trainers_metrics_dict(examples, tmp_path
     printed = capsys.readouterr()
     assert "2/2" in printed.err  # the bar ran to its last step
     assert "train_runtime" not in printed.out + printed.err
+
+
+def test_a_saved_encoder_loads_only_the_files_its_manifest_lists(tmp_path, monkeypatch):
+    """A model whose encoder directory (in the store or in the encoder cache) holds
+    a file its manifest does not list is refused: sentence-transformers would read it.
+    The encoder is a copy of the installed one, saved as a fine-tuned encoder is."""
+    import shutil
+    import uuid
+    from pathlib import Path
+
+    from sklearn.linear_model import LogisticRegression
+
+    from trainer.artifacts import ArtifactStore
+    from trainer.classifier import SegmentClassifier
+    from trainer.embeddings import model_path
+
+    monkeypatch.setenv("TRAINER_ENCODER_CACHE", str(tmp_path / "encoders"))
+    encoder = tmp_path / "encoder"
+    shutil.copytree(model_path(), encoder)
+    texts = ["Date:", "Total amount", "TO: R. J. Reynolds", "Signature", "FROM:", "Yes"]
+    labels = ["question", "answer", "answer", "question", "question", "answer"]
+    vectors = embed_texts(texts, progress=False)  # the copy's weights are the installed ones
+    head = LogisticRegression(max_iter=1000).fit(vectors, labels)
+    store = ArtifactStore(str(tmp_path / "store"))
+    uri, sha256 = SegmentClassifier(
+        head, fine_tuned_model_id(encoder), 0.5, {"model_name": "tuned"}, encoder_path=encoder
+    ).save(store, "models/tuned")
+    assert SegmentClassifier.load(store, uri, sha256).predict(texts)[0] == head.predict(vectors).tolist()
+
+    unlisted = Path(store.path_of(store.join(uri, "encoder/1_Pooling/extra.py")))
+    unlisted.write_text("raise SystemExit('an unlisted file ran')\n")
+    refused = r"the stored encoder holds files its manifest does not list \(encoder/1_Pooling/extra.py\); refusing"
+    with pytest.raises(ArtifactError, match=refused):
+        SegmentClassifier.load(store, uri, sha256)
+
+    # A store that is not a local directory: the same file there is refused too…
+    remote = ArtifactStore(f"memory://unlisted-{uuid.uuid4().hex}")
+    for stored in store.list_files("models/tuned"):
+        remote.write_bytes(stored.relative_path, store.read_bytes(stored.uri))
+    remote_uri = remote.uri("models/tuned")
+    with pytest.raises(ArtifactError, match=refused):
+        SegmentClassifier.load(remote, remote_uri, sha256)
+    remote.delete(remote.join(remote_uri, "encoder/1_Pooling/extra.py"))
+    copied = SegmentClassifier.load(remote, remote_uri, sha256)
+    assert copied.encoder_path.parent == tmp_path / "encoders" / "fine-tuned"
+
+    # …and so is one added to the checked copy in the encoder cache.
+    (copied.encoder_path / "extra.py").write_text("raise SystemExit('an unlisted file ran')\n")
+    with pytest.raises(ArtifactError, match=r"its copy in the encoder cache .* does not list \(encoder/extra.py\)"):
+        SegmentClassifier.load(remote, remote_uri, sha256)

@@ -13,6 +13,7 @@ embedding in ``head.skops``; it still loads, as a model of the embedding alone.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -269,13 +270,21 @@ def _check_encoder_modules(uri: str, directory: Path) -> Path:
 
 
 def _local_encoder(store: ArtifactStore, uri: str, manifest: dict) -> Path:
-    """A local directory holding the model's fine-tuned encoder, every file checked
-    against its sha256 in the manifest: the stored directory itself on a local
-    store, else a copy under the encoder cache (trainer.embeddings), kept per
-    weights sha256 and made in a temporary directory renamed into place."""
+    """A local directory holding the model's fine-tuned encoder and nothing else,
+    every file checked against its sha256 in the manifest: the stored directory
+    itself on a local store, else a copy under the encoder cache
+    (trainer.embeddings), kept per weights sha256 and made in a temporary
+    directory renamed into place.
+
+    sentence-transformers reads whatever the directory holds (configs, tokenizer
+    files, code a config points to), so a file the manifest does not list, in the
+    store or in the cache, refuses the load: only what was saved and hashed runs."""
     prefix = manifest["encoder"].rstrip("/") + "/"
     names = sorted(name for name in manifest["files"] if name.startswith(prefix))
     weights = manifest["embedding_model"]["weights_sha256"]
+    base = store.relative_path(uri).rstrip("/") + "/"
+    stored = [file.relative_path[len(base):] for file in store.list_files(base + prefix)]
+    _refuse_unlisted(uri, stored, names, "the stored encoder")
     if store.is_local:
         directory = Path(store.path_of(store.join(uri, manifest["encoder"])))
         for name in names:
@@ -284,6 +293,12 @@ def _local_encoder(store: ArtifactStore, uri: str, manifest: dict) -> Path:
         return directory
     target = encoder_cache_root() / "fine-tuned" / weights
     if target.is_dir():
+        cached = [prefix + path.relative_to(target).as_posix() for path in target.rglob("*") if not path.is_dir()]
+        _refuse_unlisted(uri, cached, names, f"its copy in the encoder cache {target}")
+        for name in names:
+            local = target / name[len(prefix):]
+            if not local.is_file() or _file_sha256(local) != manifest["files"][name]:
+                raise ArtifactError(f"artifact {uri}: {name} in the encoder cache {target} does not match its sha256")
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{weights[:12]}.partial-", dir=target.parent))
@@ -303,3 +318,17 @@ def _local_encoder(store: ArtifactStore, uri: str, manifest: dict) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _refuse_unlisted(uri: str, present: list[str], listed: list[str], where: str) -> None:
+    unlisted = sorted(set(present) - set(listed))
+    if unlisted:
+        raise ArtifactError(
+            f"artifact {uri}: {where} holds files its manifest does not list ({', '.join(unlisted)}); "
+            "refusing to load it"
+        )
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

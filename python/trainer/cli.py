@@ -629,18 +629,20 @@ def runs(target, limit):
     """List the most recent training runs."""
     from trainer.db import Database
     from trainer.results_store import ResultsStore
+    from trainer.text_table import table
 
     rows = ResultsStore(Database(Settings.from_env(target=target))).list_runs(limit)
     if not rows:
         click.echo("No training runs yet.")
         return
-    click.echo(f"{'run':>5}  {'status':<9}  {'model':<20}  {'created (UTC)':<19}  {'train':>6}  {'eval':>6}  error")
-    for run in rows:
-        click.echo(
-            f"{run.run_id:>5}  {run.status:<9}  {run.model_name[:20]:<20}  "
-            f"{run.created_at:%Y-%m-%d %H:%M:%S}  {_blank(run.train_examples):>6}  "
-            f"{_blank(run.eval_examples):>6}  {run.error or ''}"
-        )
+    header = ("run", "status", "model", "created (UTC)", "train", "eval", "error")
+    cells = [
+        (run.run_id, run.status, run.model_name, f"{run.created_at:%Y-%m-%d %H:%M:%S}",
+         _blank(run.train_examples), _blank(run.eval_examples), run.error or "")
+        for run in rows
+    ]  # fmt: skip
+    for line in table([header, *cells], "><<<>><", indent=""):
+        click.echo(line)
 
 
 @cli.command()
@@ -889,6 +891,8 @@ def openapi():
 
 
 def _echo_metrics(metrics) -> None:
+    from trainer.text_table import table
+
     if not metrics:
         return
     for split in ("eval", "train"):
@@ -910,13 +914,15 @@ def _echo_metrics(metrics) -> None:
             )
             click.echo(f"  precision {_number(overall['target_precision'])}: {reached}")
         labels = sorted({metric.label for metric in rows if metric.name == "support"})
-        click.echo(f"  {'label':<12} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}")
+        cells = [("label", "precision", "recall", "f1", "support")]
         for label in labels:
             figures = {metric.name: metric.value for metric in rows if metric.label == label}
-            click.echo(
-                f"  {label[:12]:<12} {_number(figures.get('precision')):>9} {_number(figures.get('recall')):>7} "
-                f"{_number(figures.get('f1')):>6} {int(figures.get('support') or 0):>8}"
-            )
+            cells.append(
+                (label, _number(figures.get("precision")), _number(figures.get("recall")),
+                 _number(figures.get("f1")), int(figures.get("support") or 0))
+            )  # fmt: skip
+        for line in table(cells, "<>>>>"):
+            click.echo(line)
 
 
 def _number(value) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from trainer.errors import DatabaseUnavailable
-from trainer.settings import Settings
+from trainer.settings import DUCKDB_CATALOG, Settings
 
 
 class Result:
@@ -142,6 +142,33 @@ class Session:
             return inserted
 
 
+# DuckDB names a file's catalog after the file ("app.duckdb" -> catalog "app"),
+# and a catalog named like one of our schemas makes every `app.documents` ambiguous.
+# So the file is always attached under the fixed name DUCKDB_CATALOG, whatever it is
+# called; dbt's profile (profiles/profiles.yml) attaches it under the same alias, so
+# the SQL dbt compiles (`"warehouse"."app"."documents"`) runs here as well.
+def _duckdb_attach(path) -> Any:
+    """A connection whose default catalog is the file at ``path``, attached as
+    DUCKDB_CATALOG. Sessions nested in one thread share one in-memory instance
+    (DuckDB caches instances by name), as connections to the file itself would:
+    one file cannot be attached by two instances of a process. The file is
+    detached, and its lock released, when the last session on it closes."""
+    import hashlib
+
+    import duckdb
+
+    instance = "trainer_" + hashlib.sha256(str(path).encode("utf-8")).hexdigest()[:16]
+    connection = duckdb.connect(f":memory:{instance}")
+    try:
+        quoted = str(path).replace("'", "''")
+        connection.execute(f"attach if not exists '{quoted}' as {DUCKDB_CATALOG}")
+        connection.execute(f"use {DUCKDB_CATALOG}")
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
 # DuckDB lets one process write a file at a time; within a process, two threads
 # (a run and its heartbeat) would still conflict on the same rows, so sessions on
 # one file take turns.
@@ -185,7 +212,7 @@ class Database:
             delay = 0.02
             while True:
                 try:
-                    return duckdb.connect(str(path))
+                    return _duckdb_attach(path)
                 except duckdb.IOException as exc:
                     if "lock" not in str(exc).lower() or time.monotonic() + delay > deadline:
                         raise DatabaseUnavailable(f"cannot open DuckDB file {path}: {_first_line(exc)}") from exc
@@ -213,6 +240,17 @@ class Database:
         else:
             with self._session(create) as session:
                 yield session
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """This process's turn on the DuckDB file for code that opens it by itself
+        (dbt compiling in-process): one file cannot be attached twice in a process,
+        so sessions in other threads (a run's heartbeat) wait until the block ends."""
+        if self.dialect == "duckdb":
+            with _duckdb_file_lock(self.settings.duckdb_path):
+                yield
+        else:
+            yield
 
     @contextmanager
     def _session(self, create: bool) -> Iterator[Session]:

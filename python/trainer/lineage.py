@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from trainer.results_store import ModelVersion, ResultsStore, TrainingRun
+from trainer.text_table import table
 
 
 def run_lineage(store: ResultsStore, run_id: int) -> dict[str, Any]:
@@ -88,12 +89,10 @@ def render_lineage(lineage: dict[str, Any]) -> str:
     if run["error"]:
         lines.append(f"  error          {run['error']}")
     lines.append("Params")
-    for key, value in sorted(lineage["params"].items()):
-        lines.append(f"  {key:<23}{value}")
+    lines += table(sorted(lineage["params"].items()), "<<")
     if lineage["library_versions"]:
         lines.append("Library versions")
-        for key, value in sorted(lineage["library_versions"].items()):
-            lines.append(f"  {key:<23}{value}")
+        lines += table(sorted(lineage["library_versions"].items()), "<<")
     lines.append(f"Dataset          {dataset['fingerprint'] or '(not read yet)'}")
     if dataset["as_of"]:
         lines.append(f"  as of          {dataset['as_of']} UTC")
@@ -101,11 +100,10 @@ def render_lineage(lineage: dict[str, Any]) -> str:
         lines += [f"Snapshot         {dataset['snapshot']['uri']}", f"  sha256         {dataset['snapshot']['sha256']}"]
     if dataset["summary"]:
         lines.append(f"Examples         {dataset['train_examples']} train / {dataset['eval_examples']} eval")
-        lines.append(f"  {'split':<6} {'label':<20} {'examples':>8} {'documents':>9}")
-        for row in dataset["summary"]:
-            lines.append(f"  {row['split']:<6} {row['label'][:20]:<20} {row['examples']:>8} {row['documents']:>9}")
+        summary = [(row["split"], row["label"], row["examples"], row["documents"]) for row in dataset["summary"]]
+        lines += table([("split", "label", "examples", "documents"), *summary], "<<>>")
     if lineage["metrics"]:
         lines.append("Metrics")
-        for key, value in sorted(lineage["metrics"].items()):
-            lines.append(f"  {key:<26}{'n/a' if value is None else f'{value:.4f}'}")
+        metrics = sorted(lineage["metrics"].items())
+        lines += table([(key, "n/a" if value is None else f"{value:.4f}") for key, value in metrics], "<<")
     return "\n".join(lines)

@@ -47,9 +47,15 @@ def training_examples_query(settings: Settings, as_of: datetime) -> str:
     """The SQL of ``training_examples`` as of ``as_of``, compiled by dbt."""
     from dbt.cli.main import dbtRunner
 
+    from trainer.db import Database
+
     root = project_root()
     dbt_vars = f"{{as_of: '{format_as_of(as_of)}', inline_datasets: true, app_schema: '{settings.app_schema}'}}"
-    with tempfile.TemporaryDirectory(prefix="trainer-dbt-") as scratch, _profile_environment(settings):
+    with (
+        tempfile.TemporaryDirectory(prefix="trainer-dbt-") as scratch,
+        _profile_environment(settings),
+        Database(settings).turn(),
+    ):
         result = dbtRunner().invoke(
             [
                 "compile",

@@ -16,6 +16,11 @@ TARGETS = ("duckdb", "postgres")
 POSTGRES_VARIABLES = {"PGHOST": "host", "PGPORT": "port", "PGUSER": "user", "PGPASSWORD": "password", "PGDATABASE": "dbname"}
 DEFAULT_TARGET = "duckdb"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# The name the DuckDB file is attached under, whatever the file is called (trainer.db).
+DUCKDB_CATALOG = "warehouse"
+# Catalogs every DuckDB connection of the trainer has: a schema named like one of
+# them would make `schema.table` ambiguous.
+DUCKDB_CATALOGS = (DUCKDB_CATALOG, "memory", "system", "temp")
 
 
 def project_root() -> Path:
@@ -84,6 +89,11 @@ class Settings:
         schema = app_schema or env.get("TRAINER_APP_SCHEMA") or "app"
         if not _IDENTIFIER.match(schema):
             raise ConfigurationError(f"app schema {schema!r} is not a plain SQL identifier")
+        if chosen == "duckdb" and schema.lower() in DUCKDB_CATALOGS:
+            raise ConfigurationError(
+                f"app schema {schema!r} cannot be used on DuckDB: it is the name of a catalog "
+                f"({', '.join(DUCKDB_CATALOGS)}); choose another"
+            )
 
         interval = _seconds(env, "TRAINER_HEARTBEAT_INTERVAL", 15.0)
         timeout = _seconds(env, "TRAINER_HEARTBEAT_TIMEOUT", 120.0)
