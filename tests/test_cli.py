@@ -164,7 +164,8 @@ def test_invalid_options_are_refused_before_any_run(workspace):
     bad_threshold = workspace.trainer("train", "--confidence-threshold", "1.5")
     assert bad_threshold.returncode == 2 and "--confidence-threshold" in bad_threshold.stderr
     bad_name = workspace.trainer("train", "--model-name", "../escape")
-    assert bad_name.returncode == 1 and "model name '../escape' is invalid" in bad_name.stderr
+    # A usage error, like every other bad option: refused while the options are parsed.
+    assert bad_name.returncode == 2 and "Invalid value for '--model-name': model name '../escape' is invalid" in bad_name.stderr
     bad_target = workspace.trainer("train", "--target", "sqlite")
     assert bad_target.returncode == 2
     assert workspace.query("select count(*) from training.training_runs") == [(0,)]
