@@ -149,6 +149,18 @@ def test_train_without_a_database_fails_in_one_line(duckdb_workspace):
     assert not workspace.duckdb_path.exists()
 
 
+def test_reading_commands_on_a_database_without_the_results_tables_fail_in_one_line(workspace):
+    workspace.query("select 1")  # the database exists (on DuckDB: the file), the results tables do not
+    for command in (("runs",), ("metrics",), ("show", "run", "1"), ("export", "--run", "1", "--output", "x.csv")):
+        result = workspace.trainer(*command)
+        assert result.returncode == 1, (command, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.stderr, (command, result.stderr)
+        assert "training_runs" in lines[0] and lines[0].endswith(
+            "run `python -m trainer init-db` for the results tables and `dbt build` for the dataset views"
+        ), (command, lines[0])
+
+
 def test_train_with_no_examples_exits_1_and_records_the_failed_run(workspace):
     prepared_workspace(workspace, documents=None)  # results and app tables, empty, and the views
     result = workspace.trainer("train", "--quiet")

@@ -16,8 +16,20 @@ from typing import Any
 
 import pyarrow as pa
 
-from trainer.errors import DatabaseUnavailable
+from trainer.errors import DatabaseUnavailable, MissingRelation
 from trainer.settings import DUCKDB_CATALOG, Settings
+
+
+def _names_a_missing_relation(exc: Exception, dialect: str) -> bool:
+    """A table, view or schema the query names does not exist: an install step not
+    yet taken (init-db, dbt build), which the user is told in one line."""
+    if dialect == "duckdb":
+        import duckdb
+
+        return isinstance(exc, duckdb.CatalogException)
+    import psycopg
+
+    return isinstance(exc, (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName))
 
 
 class Result:
@@ -50,13 +62,21 @@ class Session:
         return sql
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
-        if self.dialect == "duckdb":
-            rows = self._connection.execute(sql, list(params)).fetchall()
-            return Result(rows, len(rows))
-        with self._connection.cursor() as cursor:
-            cursor.execute(self._sql(sql, params), list(params) if params else None)
-            rows = cursor.fetchall() if cursor.description is not None else []
-            return Result(rows, cursor.rowcount)
+        try:
+            if self.dialect == "duckdb":
+                rows = self._connection.execute(sql, list(params)).fetchall()
+                return Result(rows, len(rows))
+            with self._connection.cursor() as cursor:
+                cursor.execute(self._sql(sql, params), list(params) if params else None)
+                rows = cursor.fetchall() if cursor.description is not None else []
+                return Result(rows, cursor.rowcount)
+        except Exception as exc:
+            if _names_a_missing_relation(exc, self.dialect):
+                raise MissingRelation(
+                    f"{_first_line(exc).rstrip('.')}: run `python -m trainer init-db` for the results tables "
+                    "and `dbt build` for the dataset views"
+                ) from exc
+            raise
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         return list(self.execute(sql, params).fetchall())

@@ -17,6 +17,10 @@ class DatasetError(TrainerError):
     """The dataset relations are missing or hold nothing a model can learn from."""
 
 
+class MissingRelation(DatasetError):
+    """A query named a table, view or schema the database does not have (yet)."""
+
+
 class InputFileError(TrainerError):
     """A file given on the command line is unreadable or malformed."""
 

@@ -13,6 +13,7 @@ and :func:`open_current_dataset`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -147,7 +148,7 @@ def open_run_dataset(settings: Settings, run_id: int, fmt: str, split: str = "al
         stream._cleanups.append(handle.close)
         return stream
     handle.close()
-    batches = _parquet_batches(lambda: _Borrowed(spool), split, f"snapshot of training run {run_id}")
+    batches = _parquet_batches(lambda: contextlib.nullcontext(spool), split, f"snapshot of training run {run_id}")
     stream = DatasetStream(fmt, split, rows, run.dataset_fingerprint, run.snapshot_sha256, None, encode_batches(batches, fmt))
     stream._cleanups.append(spool.close)
     return stream
@@ -205,7 +206,7 @@ def open_current_dataset(settings: Settings, fmt: str, split: str = "all") -> Da
         chunks = _verified_chunks(handle, digest.hexdigest(), "the live dataset")
         content_sha256 = digest.hexdigest()
     else:
-        chunks = encode_batches(_parquet_batches(lambda: _Borrowed(handle), split), fmt)
+        chunks = encode_batches(_parquet_batches(lambda: contextlib.nullcontext(handle), split), fmt)
         content_sha256 = None
     stream = DatasetStream(fmt, split, rows, fingerprint.hexdigest(), None, content_sha256, chunks)
     stream._cleanups.append(handle.close)
@@ -300,19 +301,6 @@ def _verified_chunks(handle, sha256: str, name: str) -> Iterator[bytes]:
         yield chunk
     if digest.hexdigest() != sha256:
         raise ArtifactError(f"{name} changed while it was being sent")
-
-
-class _Borrowed:
-    """A context manager lending an open handle without closing it (its owner does)."""
-
-    def __init__(self, handle):
-        self.handle = handle
-
-    def __enter__(self):
-        return self.handle
-
-    def __exit__(self, *exc_info) -> None:
-        return None
 
 
 def _parquet_batches(opener: Callable, split: str, name: str = "dataset") -> Iterator[pa.RecordBatch]:
