@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ENGINES, Workspace, new_workspace
+from conftest import ENGINES, Workspace, built_once, new_workspace
 from reference import Annotation, Document, Event, dataset_summary, training_examples
 from trainer.dataset import EXAMPLE_COLUMNS
 
@@ -142,8 +142,14 @@ def view_rows(space: Workspace, relation: str) -> list[dict]:
 
 
 def build_views(space: Workspace, dbt_vars: dict) -> Workspace:
-    space.execute_script(PLAIN_APP_TABLES)
-    space.dbt("run", dbt_vars=dbt_vars)
+    """The app's tables without keys (any row goes in) and the views over them, built
+    once per test run for these vars and copied into ``space``."""
+
+    def build(template: Workspace) -> None:
+        template.execute_script(PLAIN_APP_TABLES)
+        template.dbt("run", dbt_vars=dbt_vars)
+
+    space.copy_from(built_once(space, ("plain app tables and views", dbt_vars), build))
     return space
 
 

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import Workspace, load_app_data, prepared_workspace
+from conftest import Workspace, _build, built_once, load_app_data
 from trainer.arguments import TrainingArguments
 from trainer.artifacts import ArtifactStore
 from trainer.classifier import SegmentClassifier
@@ -68,11 +68,15 @@ def nasty_app_data() -> DemoData:
     return DemoData(pa.Table.from_pylist(documents), pa.Table.from_pylist(annotations), pa.Table.from_pylist(events))
 
 
+def _build_nasty(space: Workspace) -> None:
+    _build(space, None, None, build=False)
+    load_app_data(space.database(), nasty_app_data())
+    space.dbt("run", dbt_vars={"eval_percent": 40})
+
+
 @pytest.fixture
 def nasty(workspace) -> Workspace:
-    prepared_workspace(workspace, None, build=False)
-    load_app_data(workspace.database(), nasty_app_data())
-    workspace.dbt("run", dbt_vars={"eval_percent": 40})
+    workspace.copy_from(built_once(workspace, ("nasty texts",), _build_nasty))
     assert {row[0] for row in workspace.query("select distinct split from datasets.training_examples")} == {"train", "eval"}
     return workspace
 
