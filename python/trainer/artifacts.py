@@ -36,6 +36,19 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def verified_chunks(handle: IO[bytes], sha256: str, name: str) -> Iterator[bytes]:
+    """The rest of an open handle's bytes, hashed as they are read, for a response
+    that streams them. A mismatch raises before the stream ends: too late for an
+    error status, so the response is cut off, never completed (the client never sees
+    a well-formed end)."""
+    digest = hashlib.sha256()
+    while chunk := handle.read(CHUNK_SIZE):
+        digest.update(chunk)
+        yield chunk
+    if digest.hexdigest() != sha256:
+        raise ArtifactError(f"{name} changed while it was being sent")
+
+
 @dataclass(frozen=True)
 class StoredFile:
     """One file in the store, as a garbage collector or a snapshot writer sees it."""

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from trainer.artifacts import ArtifactStore
+from trainer.artifacts import ArtifactStore, verified_chunks
 from trainer.dataset import (
     BUILD_HINT,
     DATASETS_SCHEMA,
@@ -143,7 +143,7 @@ def open_run_dataset(settings: Settings, run_id: int, fmt: str, split: str = "al
             spool.close()
         raise
     if whole_file:
-        chunks = _verified_chunks(handle, run.snapshot_sha256, f"snapshot of training run {run_id}")
+        chunks = verified_chunks(handle, run.snapshot_sha256, f"snapshot of training run {run_id}")
         stream = DatasetStream(fmt, split, rows, run.dataset_fingerprint, run.snapshot_sha256, run.snapshot_sha256, chunks)
         stream._cleanups.append(handle.close)
         return stream
@@ -203,7 +203,7 @@ def open_current_dataset(settings: Settings, fmt: str, split: str = "all") -> Da
         raise
     rows = sum(counts.values()) if split == "all" else counts[split]
     if fmt == "parquet" and split == "all":
-        chunks = _verified_chunks(handle, digest.hexdigest(), "the live dataset")
+        chunks = verified_chunks(handle, digest.hexdigest(), "the live dataset")
         content_sha256 = digest.hexdigest()
     else:
         chunks = encode_batches(_parquet_batches(lambda: contextlib.nullcontext(handle), split), fmt)
@@ -289,18 +289,6 @@ def _copy_hashing(source, target) -> str:
         target.write(chunk)
     target.flush()
     return digest.hexdigest()
-
-
-def _verified_chunks(handle, sha256: str, name: str) -> Iterator[bytes]:
-    """The handle's bytes, hashed as they are read. A mismatch raises before the
-    stream ends: too late for an error status, so the response is cut off instead
-    of completed (the client never sees a well-formed end)."""
-    digest = hashlib.sha256()
-    while chunk := handle.read(READ_CHUNK):
-        digest.update(chunk)
-        yield chunk
-    if digest.hexdigest() != sha256:
-        raise ArtifactError(f"{name} changed while it was being sent")
 
 
 def _parquet_batches(opener: Callable, split: str, name: str = "dataset") -> Iterator[pa.RecordBatch]:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timezone
 
-from trainer.artifacts import CHUNK_SIZE, ArtifactStore
+from trainer.artifacts import CHUNK_SIZE, ArtifactStore, verified_chunks
 from trainer.errors import ArtifactError
 from trainer.results_store import ModelVersion, ResultsStore, TrainingRun
 
@@ -126,7 +126,7 @@ def open_model_archive(store: ResultsStore, artifacts: ArtifactStore, model_vers
         raise
     for spool in spools[:-1]:
         spool.close()
-    chunks = _verified_chunks(archive, digest.hexdigest(), f"the archive of model version {model_version_id}")
+    chunks = verified_chunks(archive, digest.hexdigest(), f"the archive of model version {model_version_id}")
     return ModelArchive(version, manifest, size, digest.hexdigest(), chunks, archive.close)
 
 
@@ -181,17 +181,6 @@ def _spool(artifacts: ArtifactStore, uri: str, spool) -> tuple[int, str]:
             spool.write(chunk)
     spool.seek(0)
     return size, digest.hexdigest()
-
-
-def _verified_chunks(handle, sha256: str, name: str) -> Iterator[bytes]:
-    """Bytes that differ from what was hashed raise before the archive's end: the
-    response is cut off (short of its Content-Length), never completed."""
-    digest = hashlib.sha256()
-    while chunk := handle.read(CHUNK_SIZE):
-        digest.update(chunk)
-        yield chunk
-    if digest.hexdigest() != sha256:
-        raise ArtifactError(f"{name} changed while it was being sent")
 
 
 def _header(name: str, size: int, mtime: int) -> bytes:
