@@ -89,3 +89,20 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.25):
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(interval)
+
+
+def read_then_hang_up(server: ApiServer, path: str, token: str, at_least: int) -> bytes:
+    """GET ``path`` over a raw socket, read at least ``at_least`` bytes of the answer
+    (headers and the start of the body), then close the connection mid-response."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(server.url)
+    with socket.create_connection((url.hostname, url.port)) as raw:
+        raw.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.tokens[token]}\r\n\r\n".encode()
+        )
+        received = b""
+        while len(received) < at_least:
+            received += raw.recv(65536)
+    return received

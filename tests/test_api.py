@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import pyarrow.parquet as pq
 import pytest
 
-from api_server import ApiServer, running_api, wait_for
+from api_server import ApiServer, read_then_hang_up, running_api, wait_for
 from conftest import ENGINES, Workspace, new_workspace, prepared_workspace
 
 TOKENS = {
@@ -421,16 +421,8 @@ def _big_run(case: ApiCase, rows: int) -> int:
 
 def test_a_client_that_disconnects_early_is_audited_with_what_it_got(api):
     run_id = _big_run(api, 100_000)
-    url = urlsplit(api.server.url)
-    with socket.create_connection((url.hostname, url.port)) as raw:
-        raw.sendall(
-            f"GET /training-runs/{run_id}/dataset?format=jsonl HTTP/1.1\r\nHost: x\r\n"
-            f"Authorization: Bearer {api.server.tokens['auditor']}\r\n\r\n".encode()
-        )
-        received = b""
-        while len(received) < 300_000:  # headers and some of the body, then hang up
-            received += raw.recv(65536)
-        assert received.startswith(b"HTTP/1.1 200")
+    received = read_then_hang_up(api.server, f"/training-runs/{run_id}/dataset?format=jsonl", "auditor", 300_000)
+    assert received.startswith(b"HTTP/1.1 200")
     row = wait_for(lambda: [r for r in audit_rows(api, "/training-runs/{run_id}/dataset") if r["object_id"] == str(run_id)])[0]
     assert row["outcome"] == "disconnected" and row["token_name"] == "auditor"
     assert 0 < row["bytes_sent"] < 20_000_000

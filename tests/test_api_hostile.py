@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from api_server import ApiServer, running_api, wait_for
+from api_server import ApiServer, read_then_hang_up, running_api, wait_for
 from conftest import ENGINES, Workspace, new_workspace, prepared_workspace
 
 TOKENS = {
@@ -377,18 +377,10 @@ def test_every_refused_attempt_leaves_an_audit_row(served):
 
 def test_a_cut_off_model_download_is_audited_as_disconnected(served):
     version_id, _ = _model_version(served, head_bytes=8_000_000)
-    url = urlsplit(served.server.url)
-    with socket.create_connection((url.hostname, url.port)) as raw:
-        raw.sendall(
-            f"GET /model-versions/{version_id}/download HTTP/1.1\r\nHost: x\r\n"
-            f"Authorization: Bearer {served.server.tokens['auditor']}\r\n\r\n".encode()
-        )
-        received = b""
-        while len(received) < 200_000:
-            received += raw.recv(65536)
-        assert received.startswith(b"HTTP/1.1 200")
-        request_id = next(line.split(b":", 1)[1].strip().decode() for line in received.split(b"\r\n")
-                          if line.lower().startswith(b"x-request-id:"))
+    received = read_then_hang_up(served.server, f"/model-versions/{version_id}/download", "auditor", 200_000)
+    assert received.startswith(b"HTTP/1.1 200")
+    request_id = next(line.split(b":", 1)[1].strip().decode() for line in received.split(b"\r\n")
+                      if line.lower().startswith(b"x-request-id:"))
     row = _audit_by_request(served, [request_id])[request_id]
     assert row["outcome"] == "disconnected" and row["status_code"] == 200 and 0 < row["bytes_sent"] < 8_000_000
 
