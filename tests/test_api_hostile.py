@@ -263,13 +263,14 @@ def test_a_snapshot_swapped_while_served_is_never_served_complete(served, fmt):
         path.write_bytes(original)
 
 
-# JSONL only: JSONL and CSV share the spool path and differ only in the encoder after it.
-# Parquet's whole-file path is not raced on S3: a small object is read once into s3fs's
-# block cache, so it is sent from the bytes it was hashed from even without the check
-# while sending, and the test could not fail. DuckDB only: the engine gives the URI
-# and keeps the audit row, which the local race shows on both; S3 is the store's part.
+# Every format, as locally. Parquet of the whole snapshot is hashed and sent through one
+# s3fs handle whose block cache holds a small object whole, so on S3 an altered object
+# shows as a refusal (the put landed before the hash) and the check while sending has
+# nothing to catch; re-opening the object after the check would serve a put that landed
+# between the two. DuckDB only: the engine gives the URI and keeps the audit row, which
+# the local race shows on both; S3 is the store's part.
 @ONE_ENGINE
-@pytest.mark.parametrize("fmt", ["jsonl"])
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_a_snapshot_swapped_on_s3_while_served_is_never_served_complete(served_s3, fmt, monkeypatch):
     case, s3, bucket = served_s3
     for key, value in s3.env().items():
@@ -284,12 +285,12 @@ def test_a_snapshot_swapped_on_s3_while_served_is_never_served_complete(served_s
         return lambda count: client.put_object(Bucket=bucket, Key=key, Body=data)
 
     try:
-        # A download from moto takes about 0.3 s, mostly waiting: four clients at once
-        # fit about 30 in 10 s. Without the fix an altered answer comes back whole only
-        # when a put lands between the check and the reads after it (about one download
-        # in fifteen), so the race needs that many; a put every 50 ms still lands during
-        # every download without starving the server's own reads.
-        swapper = _Swapper(writer(original), writer(altered), interval=0.05)
+        # A download from moto takes about 0.3 s, mostly waiting. A server that opened
+        # the object again after its check would serve an altered answer whole only when
+        # a put lands between the two, a window of milliseconds: a put every 5 ms (each
+        # takes a few) lands there often enough that such a server failed this test in
+        # each of the runs tried by hand, while the server's own reads still get through.
+        swapper = _Swapper(writer(original), writer(altered), interval=0.005)
         _snapshot_race(case, run_id, examples, fmt, swapper, downloads=32, clients=4, seconds=10.0)
     finally:
         client.put_object(Bucket=bucket, Key=key, Body=original)
@@ -536,46 +537,78 @@ def test_path_ids_are_canonical_decimal_and_nothing_redirects(served):
 # -- 5. names and headers ----------------------------------------------------------------------------
 
 
-def test_model_names_are_checked_where_written_and_escaped_where_read(served):
+def _name_refused_by_the_table(space: Workspace, table: str, name: str) -> bool:
+    """Whether the table itself refuses a row named ``name`` written in plain SQL, past the store."""
+    from trainer.results_store import utcnow
+
+    inserts = {
+        "training_runs": ("insert into training.training_runs (model_name, status, created_at, params) "
+                          "values (?, 'queued', ?, '{}')", (name, utcnow())),
+        "model_versions": ("insert into training.model_versions (model_name, version, run_id, artifact_uri, "
+                           "artifact_sha256, created_at) select ?, 99, max(run_id), 'x', 'x', ? from training.training_runs",
+                           (name, utcnow())),
+    }
+    try:
+        with space.database().session() as session:
+            session.execute(*inserts[table])
+            raise _RolledBack  # leave the database as it was
+    except _RolledBack:
+        return False
+    except Exception as exc:
+        assert "check" in str(exc).lower(), exc
+        return True
+
+
+class _RolledBack(Exception):
+    pass
+
+
+def test_model_names_are_checked_where_written_and_escaped_where_read(served, request, tmp_path):
     from trainer.errors import ConfigurationError
+    from trainer.results_store import MIGRATIONS, ResultsStore, utcnow
 
     store = served.store()
     hostile = ['evil"; filename="x.sh', "evil\u202egpj.exe", "a\r\nSet-Cookie: x=1", "ok\n"]
     for name in hostile:
         with pytest.raises(ConfigurationError, match="model name"):
             store.queue_run(name, {})
-    # PostgreSQL refuses such a name in the table itself.
-    if served.space.target == "postgres":
-        import psycopg
+    # The tables refuse such a name themselves, on both engines; a good name passes.
+    store.fail_run(store.start_run("a-run", {"source": "database"}, "test"), "for the model version below")
+    for table in ("training_runs", "model_versions"):
+        assert all(_name_refused_by_the_table(served.space, table, name) for name in hostile), table
+        assert not _name_refused_by_the_table(served.space, table, "Good_name-1.0"), table
 
-        with served.space.server.connect(served.space.pg_database) as connection, pytest.raises(psycopg.errors.CheckViolation):
-            connection.execute(
-                "insert into training.training_runs (model_name, status, created_at, params) values (%s, 'queued', now(), '{}')",
-                (hostile[0],),
-            )
-
-    # A name written before the rule (a legacy row) still reads, and is escaped in the header.
+    # A name written before the rule (a legacy row) still reads after the upgrade
+    # (PostgreSQL's CHECK is NOT VALID; DuckDB's exempts the rows it found), and is
+    # escaped in the header: a database at migration 5 gets the rows, is upgraded,
+    # and is served by a server of its own over the same blob store.
     good_id, _ = _model_version(served, head_bytes=1000)
     good = store.get_model_version_by_id(good_id)
-    legacy_run = store.start_run("legacy", {"source": "database"}, "test")
-    store.fail_run(legacy_run, "a legacy row")
     legacy_name = hostile[0] + hostile[1]
-    with served.space.database().session() as session:
-        if session.dialect == "postgres":
-            session.execute("alter table training.model_versions drop constraint model_versions_model_name_check")
-        version_id = session.scalar(
-            "insert into training.model_versions (model_name, version, run_id, artifact_uri, artifact_sha256, created_at) "
-            "values (?, 1, ?, ?, ?, ?) returning model_version_id",
-            (legacy_name, legacy_run, good.artifact_uri, good.artifact_sha256, good.created_at),
-        )
-        if session.dialect == "postgres":
-            session.execute(
-                "alter table training.model_versions add constraint model_versions_model_name_check "
-                "check (model_name ~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\\Z') not valid"
+    legacy = new_workspace(tmp_path, served.space.target, request)
+    legacy_store = ResultsStore(legacy.database())
+    all_migrations = list(MIGRATIONS)
+    try:
+        MIGRATIONS[:] = [migration for migration in all_migrations if migration[0] <= 5]
+        with legacy.database().session(create=True) as session:
+            legacy_store.migrate(session)
+            run_id = session.scalar(
+                "insert into training.training_runs (model_name, status, created_at, finished_at, params) "
+                "values (?, 'failed', ?, ?, '{}') returning run_id", (legacy_name, utcnow(), utcnow()))
+            version_id = session.scalar(
+                "insert into training.model_versions (model_name, version, run_id, artifact_uri, artifact_sha256, "
+                "created_at) values (?, 1, ?, ?, ?, ?) returning model_version_id",
+                (legacy_name, run_id, good.artifact_uri, good.artifact_sha256, good.created_at),
             )
-    with served.server.client() as client:
+    finally:
+        MIGRATIONS[:] = all_migrations
+    with legacy.database().session() as session:
+        assert legacy_store.migrate(session) == [6, 7]
+    assert _name_refused_by_the_table(legacy, "training_runs", hostile[0])
+    with running_api(legacy.env(TRAINER_ARTIFACTS_URL=served.artifacts_url), TOKENS) as server, server.client() as client:
         response = client.get(f"/model-versions/{version_id}/download")
-        assert client.get(f"/model-versions/{version_id}").status_code == 200
+        described = client.get(f"/model-versions/{version_id}")
+        assert described.status_code == 200 and described.json()["model_version"]["model_name"] == legacy_name, described.text[:300]
         assert client.get("/model-versions").status_code == 200
     assert response.status_code == 200, response.text[:300]
     disposition = response.headers["content-disposition"]
@@ -636,15 +669,19 @@ def test_the_access_log_never_writes_a_query_credential(served):
     assert secret not in served.server.log()
 
 
-def test_migration_6_keeps_rows_written_before_it_readable(workspace):
-    """A database at migration 5, holding a run with a name the rule now refuses and
-    audit rows without the new columns: after the upgrade they all still read (the
-    audit rows with their ids, although DuckDB rebuilt the table), new audit rows
-    take ids after them, `refused` is an outcome and an unknown one is refused by the
-    table itself; new names are checked (by the store on both engines, and by
-    PostgreSQL's CHECK)."""
+RESULTS_TABLES = ("training_runs", "model_versions", "metrics", "label_issues")
+
+
+def test_migrations_6_and_7_keep_rows_written_before_them_readable(workspace):
+    """A database at migration 5, holding a run with a name the rule now refuses, a
+    model version with metrics and label issues, and audit rows without the new
+    columns: after the upgrade every row reads as before (with its id, although
+    DuckDB rebuilt the audit log in migration 6 and the four results tables in 7),
+    new rows take ids after them, `refused` is an outcome and an unknown one is
+    refused by the table itself; new names are checked by the store and by the
+    tables' CHECK, on both engines."""
     from trainer.errors import ConfigurationError
-    from trainer.results_store import MIGRATIONS, AuditEntry, ResultsStore, utcnow
+    from trainer.results_store import MIGRATIONS, AuditEntry, LabelIssue, Metric, ResultsStore, utcnow
 
     database = workspace.database()
     store = ResultsStore(database)
@@ -663,14 +700,24 @@ def test_migration_6_keeps_rows_written_before_it_readable(workspace):
             )
             session.execute(old_audit, (utcnow(), utcnow(), 200, 10, "complete", None))
             session.execute(old_audit, (utcnow(), utcnow(), 200, 4, "failed", "changed while it was being sent"))
+        kept_run = store.start_run("kept", {"source": "database"}, "test")
+        store.succeed_run(
+            kept_run, "test", "kept", "memory://kept", "0" * 64,
+            [Metric("eval", "accuracy", None, 0.5), Metric("eval", "f1", "header", 0.25)],
+            label_issues=[LabelIssue(1, "a1", "d1", "eval", "header", "question", 0.1, 0.8)],
+        )
         # Before migration 6 the table itself knows no `refused`.
         assert _outcome_refused_by_the_table(workspace, old_audit, "refused")
     finally:
         MIGRATIONS[:] = all_migrations
+    tables_before = {table: workspace.query(f"select * from training.{table} order by 1, 2") for table in RESULTS_TABLES}
     with database.session() as session:
         before = session.fetchall("select audit_id, outcome, bytes_sent from training.audit_log order by audit_id")
-        assert store.migrate(session) == [6]
-    legacy = store.page_runs(10, 0).items[0]
+        assert store.migrate(session) == [6, 7]
+    for table in RESULTS_TABLES:
+        assert workspace.query(f"select * from training.{table} order by 1, 2") == tables_before[table], table
+    assert store.start_run("next", {"source": "database"}, "test") > kept_run
+    legacy = store.page_runs(10, 0).items[-1]
     assert legacy.model_name == 'legacy"name'
     rows = store.page_audit_log(10).items
     assert [(row.audit_id, row.outcome, row.bytes_sent) for row in reversed(rows)] == [tuple(row) for row in before]
@@ -690,14 +737,8 @@ def test_migration_6_keeps_rows_written_before_it_readable(workspace):
 
     with pytest.raises(ConfigurationError, match="model name"):
         store.queue_run('new"name', {})
-    if workspace.target == "postgres":
-        import psycopg
-
-        with pytest.raises(psycopg.errors.CheckViolation), database.session() as session:
-            session.execute(
-                "insert into training.training_runs (model_name, status, created_at, params) values (?, 'queued', ?, '{}')",
-                ('new"name', utcnow()),
-            )
+    for table in ("training_runs", "model_versions"):
+        assert _name_refused_by_the_table(workspace, table, 'new"name'), table
 
 
 def _outcome_refused_by_the_table(workspace, insert: str, outcome: str) -> bool:
