@@ -111,3 +111,32 @@ def test_a_fine_tuned_encoder_without_a_readable_modules_json_is_refused(saved):
     tamper(store, uri, {"encoder/model.safetensors": b"not weights"}, encoder="encoder")
     with pytest.raises(ArtifactError, match="the fine-tuned encoder has no readable modules.json"):
         SegmentClassifier.load(store, uri)
+
+
+_TRUSTED_TYPES = """
+import json, sys
+{prelude}
+from skops.io import _trusted_types as trusted
+print(json.dumps({{"torch": "torch" in sys.modules, "types": {{
+    name: sorted(map(str, value)) for name, value in vars(trusted).items()
+    if name.isupper() and isinstance(value, (list, set, tuple))}}}}))
+"""
+
+
+def test_skops_without_torch_trusts_exactly_the_types_it_trusts_with_it():
+    """The classifier imports skops without letting scikit-learn's estimator walk
+    import torch (trainer.classifier._import_skops_io): the trusted types must be
+    the same as a plain import's, and torch must stay unloaded."""
+    import subprocess
+    import sys
+
+    def trusted(prelude: str) -> dict:
+        script = _TRUSTED_TYPES.format(prelude=prelude)
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+        return json.loads(result.stdout)
+
+    plain = trusted("import skops.io")
+    guarded = trusted("from trainer.classifier import _import_skops_io; _import_skops_io()")
+    assert guarded["types"] == plain["types"]
+    assert len(plain["types"]["SKLEARN_ESTIMATOR_TYPE_NAMES"]) > 100
+    assert guarded["torch"] is False

@@ -53,6 +53,35 @@ _OWN_KEYS = frozenset(
 )  # fmt: skip
 
 
+# A package of scikit-learn's vendored array-API shims that imports torch itself.
+_TORCH_SHIM = "sklearn.externals.array_api_compat.torch"
+
+
+def _import_skops_io():
+    """``skops.io``, imported without torch when torch is not loaded yet.
+
+    skops lists the types it trusts at import, with scikit-learn's
+    ``all_estimators()``, which imports every package of scikit-learn to walk it;
+    one of them is the array-API shim for torch, which imports torch (4 of the 10 s
+    this import took on the 2-core machine, 6 s with what torch pulls in). No
+    estimator lives there, so the walk skips it (an import error, which
+    ``pkgutil.walk_packages`` ignores) and skops trusts exactly the same types
+    (tests/test_model_refusals.py compares them with an unguarded import).
+    """
+    import sys
+
+    if "skops.io" in sys.modules or "torch" in sys.modules or _TORCH_SHIM in sys.modules:
+        import skops.io
+
+        return skops.io
+    sys.modules[_TORCH_SHIM] = None  # type: ignore[assignment]  # None makes its import fail
+    try:
+        import skops.io
+    finally:
+        del sys.modules[_TORCH_SHIM]
+    return skops.io
+
+
 def text_model_file(name: str) -> str:
     return f"text-{name.replace('_', '-')}.skops"
 
@@ -165,12 +194,12 @@ class SegmentClassifier:
 
     def save(self, store: ArtifactStore, directory: str) -> tuple[str, str]:
         """Write the artifact under ``directory``; return its URI and the manifest's sha256."""
-        import skops.io
+        skops_io = _import_skops_io()
 
         files: dict[str, str] = {}
 
         def saved(name: str, estimator) -> dict[str, str]:
-            _, files[name] = store.write_bytes(f"{directory}/{name}", skops.io.dumps(estimator))
+            _, files[name] = store.write_bytes(f"{directory}/{name}", skops_io.dumps(estimator))
             return {"file": name, "class": type(estimator).__module__ + "." + type(estimator).__name__}
 
         head = saved(HEAD_FILE, self.head)
@@ -206,7 +235,7 @@ class SegmentClassifier:
     @classmethod
     def load(cls, store: ArtifactStore, uri: str, manifest_sha256: str | None = None) -> SegmentClassifier:
         """Load and verify an artifact: manifest hash, file hashes, encoder weights."""
-        import skops.io
+        skops_io = _import_skops_io()
 
         raw = store.read_bytes(store.join(uri, MANIFEST))
         if manifest_sha256 is not None and sha256_hex(raw) != manifest_sha256:
@@ -242,7 +271,7 @@ class SegmentClassifier:
                 if sha256_hex(data) != manifest["files"].get(name):
                     raise ArtifactError(f"artifact {uri}: {name} does not match its sha256")
                 try:
-                    loaded[name] = skops.io.loads(data)
+                    loaded[name] = skops_io.loads(data)
                 except Exception as exc:  # skops refuses untrusted types with its own exception
                     raise ArtifactError(f"artifact {uri}: cannot load {name}: {exc}") from exc
             return loaded[name]
