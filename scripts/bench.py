@@ -2,7 +2,7 @@
 """Benchmark: the database path against its floor, the legacy CSV flow, plain encoding and cold training.
 
 In one run, for each scale (annotations in the app) and engine (DuckDB, PostgreSQL):
-synthetic app data (`trainer.synthetic.synthetic_app_data`, about 5 events per
+synthetic app data (`trainer.data.synthetic.synthetic_app_data`, about 5 events per
 annotation with the contract's dirty cases) is loaded into a fresh database (a
 temporary DuckDB file; a PostgreSQL database created for the run and dropped at its
 end), `dbt build` is timed, and then:
@@ -149,12 +149,12 @@ class Workspace:
         return env
 
     def settings(self):
-        from trainer.settings import Settings
+        from trainer.core.settings import Settings
 
         return Settings.from_env(environ=self.env())
 
     def database(self):
-        from trainer.db import Database
+        from trainer.core.db import Database
 
         return Database(self.settings())
 
@@ -183,8 +183,8 @@ def drop_workspace(space: Workspace, created_databases: list[str]) -> None:
 
 def load_app_data(space: Workspace, data) -> None:
     """Results tables, the app's tables and their rows (setup, not timed)."""
-    from trainer.app_tables import create_app_tables
-    from trainer.results_store import ResultsStore
+    from trainer.data.app_tables import create_app_tables
+    from trainer.results.store import ResultsStore
 
     database = space.database()
     with database.session(create=True) as session:
@@ -283,7 +283,7 @@ def floor_sql(dialect: str, split_salt: str, eval_percent: int) -> str:
     the order the trainer needs."""
     blank = "ltrim({0}, ' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)) = ''"
     hashed = f"md5({_literal(split_salt)} || a.document_id)"
-    # The trainer needs the rows in annotation_id order, bytewise (trainer.dataset).
+    # The trainer needs the rows in annotation_id order, bytewise (trainer.data.dataset).
     order = ' collate "C"' if dialect == "postgres" else ""
     if dialect == "postgres":
         bucket = f"(cast(cast('x' || substr({hashed}, 1, 8) as bit(32)) as bigint) % 100)"
@@ -496,7 +496,7 @@ def measure_reads(space: Workspace, result: EngineResult, split_salt: str, eval_
     """Time the trainer path, the view alone and the floor; check they agree. Returns the
     examples and their fingerprint. ``reference``: (engine, fingerprint) of an engine
     already measured at this scale, for when this one's view cannot be read in time."""
-    from trainer.dataset import (
+    from trainer.data.dataset import (
         EXAMPLE_COLUMNS,
         EXAMPLE_SCHEMA,
         as_examples,
@@ -615,9 +615,9 @@ def write_legacy_csv(space: Workspace, path: Path, examples_sql: str) -> int:
 
 
 def measure_legacy(path: Path, expected_fingerprint: str) -> tuple[float, list[float]]:
-    from trainer.dataset import dataset_fingerprint
-    from trainer.legacy_csv import read_legacy_csv
-    from trainer.split_rule import SplitRule
+    from trainer.data.dataset import dataset_fingerprint
+    from trainer.data.legacy_csv import read_legacy_csv
+    from trainer.data.split_rule import SplitRule
 
     times = []
     legacy = None
@@ -638,7 +638,8 @@ def measure_legacy(path: Path, expected_fingerprint: str) -> tuple[float, list[f
 
 def measure_embedding(scale: int, examples: pa.Table, sample_size: int) -> EmbedResult:
     import numpy as np
-    from trainer.embeddings import embed_texts, load_encoder
+
+    from trainer.model.encoder.embeddings import embed_texts, load_encoder
 
     distinct = sorted(set(examples.column("text").to_pylist()))
     texts = random.Random(SEED).sample(distinct, min(sample_size, len(distinct)))
@@ -708,8 +709,8 @@ def add_new_annotations(space: Workspace, count: int) -> int:
     """``count`` new annotations with new texts in existing live documents, each with one
     `accepted` event (a label, a later occurred_at, a fresh event id). Returns the number
     of new distinct texts."""
-    from trainer.demo import _ANNOTATIONS, _EVENTS
-    from trainer.synthetic import _WORDS, LABELS
+    from trainer.data.demo import _ANNOTATIONS, _EVENTS
+    from trainer.data.synthetic import _WORDS, LABELS
 
     generator = random.Random(SEED + count)
     with space.database().session() as session:
@@ -912,7 +913,7 @@ def render(args, command: str, invoked: str, info: dict[str, str], engine_result
         "## Dataset path: dbt build, reading against the floor, legacy CSV, embedding, training",
         "",
         (
-            "Synthetic app data (`trainer.synthetic.synthetic_app_data`: per annotation about 5 events with the "
+            "Synthetic app data (`trainer.data.synthetic.synthetic_app_data`: per annotation about 5 events with the "
             "contract's dirty cases: late events, rejections, deletions, edits after an acceptance, blank labels "
             "and texts, equal timestamps, unknown event types, orphan events, deleted documents) is loaded into a "
             "fresh database per scale and engine: a temporary DuckDB file, or a PostgreSQL database created for "
@@ -1131,8 +1132,8 @@ def main(argv: list[str] | None = None) -> int:
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup, stay deaf to hang-ups
         signal.signal(signal.SIGHUP, _terminate)
 
-    from trainer.split_rule import SplitRule
-    from trainer.synthetic import synthetic_app_data
+    from trainer.data.split_rule import SplitRule
+    from trainer.data.synthetic import synthetic_app_data
 
     began = time.monotonic()
     monitor = CpuMonitor()

@@ -68,13 +68,13 @@ def workspace_env(root: Path) -> dict[str, str]:
 
 def record_runs(env: dict[str, str], scales: list[int]) -> dict[int, int]:
     """One failed-after-the-snapshot run per scale (as tests/test_api.py `_big_run`); {scale: run_id}."""
-    from trainer.artifacts import ArtifactStore
-    from trainer.dataset import dataset_fingerprint, summarize
-    from trainer.db import Database
-    from trainer.results_store import ResultsStore
-    from trainer.settings import Settings
-    from trainer.snapshots import write_snapshot
-    from trainer.synthetic import synthetic_examples
+    from trainer.core.blob_store import ArtifactStore
+    from trainer.core.db import Database
+    from trainer.core.settings import Settings
+    from trainer.data.dataset import dataset_fingerprint, summarize
+    from trainer.data.snapshots import write_snapshot
+    from trainer.data.synthetic import synthetic_examples
+    from trainer.results.store import ResultsStore
 
     settings = Settings.from_env(environ={**os.environ, **env})
     database = Database(settings)
@@ -277,7 +277,7 @@ def render(results: list[Measurement], baseline: dict[str, dict[str, int]], comm
             "`GET /training-runs/{run_id}/dataset?format=…&split=…` from `python -m trainer serve`, a fresh server "
             "for each download (started, warmed with one `GET /training-runs/{id}`, then measured) "
             "(DuckDB target, local artifact store) over loopback HTTP, for runs whose snapshots hold "
-            "synthetic examples (`trainer.synthetic`). The client streams each body to nowhere "
+            "synthetic examples (`trainer.data.synthetic`). The client streams each body to nowhere "
             "(httpx `iter_bytes`). The server's resident memory is read from `/proc/<pid>/status`: "
             "VmRSS just before each request, and VmHWM (peak RSS) after it, the peak having been reset "
             "to the current RSS (`echo 5 > /proc/<pid>/clear_refs`) just before the request."

@@ -12,7 +12,7 @@ built by `dbt run`):
    normalised, as the trainer calls it), warm, in interleaved rounds (the order
    rotating each round), best of N; each backend's vectors are compared with torch's
    (cosine per text);
-3. accuracy: the default training run (`trainer.training.train`, default
+3. accuracy: the default training run (`trainer.runs.training.train`, default
    TrainingArguments but the backend: same examples, same split, same head) once
    per backend; eval accuracy and macro-F1 as the run stored them.
 
@@ -97,10 +97,10 @@ def workspace_env(root: Path) -> dict[str, str]:
 
 def prepare_demo(root: Path, env: dict[str, str]) -> list[str]:
     """The demo loaded and built in a fresh DuckDB file; the distinct texts of its examples."""
-    from trainer.db import Database
-    from trainer.demo import load_demo
-    from trainer.results_store import ResultsStore
-    from trainer.settings import Settings
+    from trainer.core.db import Database
+    from trainer.core.settings import Settings
+    from trainer.data.demo import load_demo
+    from trainer.results.store import ResultsStore
 
     database = Database(Settings.from_env(environ=env))
     with database.session(create=True) as session:
@@ -127,7 +127,7 @@ def encode_function(backend: str, threads: int | None = None):
     With ``threads`` the runtime uses that many threads (torch: ``torch.set_num_threads``,
     set by the caller), otherwise its default (one per core), as in training.
     """
-    from trainer.embeddings import exported_encoder, load_encoder
+    from trainer.model.encoder.embeddings import exported_encoder, load_encoder
 
     if backend == "torch":
         encoder = load_encoder("torch")
@@ -139,7 +139,7 @@ def encode_function(backend: str, threads: int | None = None):
 
 
 def load_backends(backends: list[str]) -> dict[str, BackendResult]:
-    from trainer.embeddings import EMBEDDING_BACKENDS, ensure_export
+    from trainer.model.encoder.embeddings import EMBEDDING_BACKENDS, ensure_export
 
     results, exported = {}, set()
     for backend in backends:
@@ -197,9 +197,9 @@ def measure_throughput(results: dict[str, BackendResult], texts: list[str], repe
 
 
 def measure_training(results: dict[str, BackendResult], env: dict[str, str]) -> None:
-    from trainer.arguments import TrainingArguments
-    from trainer.settings import Settings
-    from trainer.training import train
+    from trainer.core.settings import Settings
+    from trainer.model.arguments import TrainingArguments
+    from trainer.runs.training import train
 
     settings = Settings.from_env(environ={**os.environ, **env})
     for backend, result in results.items():
@@ -265,7 +265,7 @@ def render(results: dict[str, BackendResult], texts: int, examples: tuple[int, i
             "ONNX Runtime `intra_op_num_threads=1`, OpenVINO `INFERENCE_NUM_THREADS=1`), which measures the "
             "work per core and is less at the mercy of other processes competing for the cores. "
             "**Cosine**: each text's vector against torch's. "
-            "**Accuracy**: `trainer.training.train(TrainingArguments(embedding_backend=…))`, "
+            "**Accuracy**: `trainer.runs.training.train(TrainingArguments(embedding_backend=…))`, "
             f"everything else default, on the same {examples[0]:,} train / {examples[1]:,} eval examples "
             "(same split, same logistic-regression head, seed 42), each backend starting with an empty embedding "
             "cache; eval accuracy and macro-F1 as the run stored them. **Export**: the one-time ONNX export "
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     env = workspace_env(root)
     os.environ.update(env)  # the encoder cache, for this process's exports
     try:
-        from trainer.embeddings import EMBEDDING_BACKENDS
+        from trainer.model.encoder.embeddings import EMBEDDING_BACKENDS
 
         log(f"workspace {root}; loading the demo and building the views…")
         texts = prepare_demo(root, env)
@@ -377,9 +377,9 @@ def main(argv: list[str] | None = None) -> int:
         measure_throughput(results, texts, args.repeats)
         log("training once per backend…")
         measure_training(results, env)
-        from trainer.db import Database
-        from trainer.results_store import ResultsStore
-        from trainer.settings import Settings
+        from trainer.core.db import Database
+        from trainer.core.settings import Settings
+        from trainer.results.store import ResultsStore
 
         run = ResultsStore(Database(Settings.from_env(environ=env))).get_run(results["torch"].run_id)
         examples = (run.train_examples or 0, run.eval_examples or 0)

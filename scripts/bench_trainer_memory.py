@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Peak memory and wall time of `python -m trainer train` at a given scale.
 
-Generates N synthetic annotations (`trainer.synthetic.synthetic_app_data`), loads them
+Generates N synthetic annotations (`trainer.data.synthetic.synthetic_app_data`), loads them
 into a fresh DuckDB (or PostgreSQL) workspace and builds the views with `dbt run`
 (scripts/bench.py's helpers: setup, not measured), then runs the trainer as a child
 process and samples the resident memory of its whole process tree from /proc every
@@ -77,7 +77,7 @@ def run_trainer(space, artifacts: Path, extra: list[str], interval: float, log_p
         "samples": sampler.samples,
         "processes_seen": len(sampler.hwm_kib),
         # Each process's own high-water mark (VmHWM) as last sampled: the trainer first,
-        # then, on a cold run, its encoder process (trainer.encoder_process).
+        # then, on a cold run, its encoder process (trainer.model.encoder.process).
         "vm_hwm_mib_by_process": [round(kib / 1024) for kib in sampler.hwm_kib.values()],
         "trainer_vm_hwm_mib": round(sampler.hwm_kib.get(process.pid, 0) / 1024),
         # CPU seconds of the trainer (all its threads): unlike wall time, not stretched by other load.
@@ -93,7 +93,7 @@ def prepare(args) -> bench.Workspace:
         bench.log(f"reusing workspace {args.workspace} ({meta['annotations']:,} annotations, {meta['engine']})")
         args.annotations = meta["annotations"]
         return bench.Workspace(args.workspace, meta["engine"], meta.get("pg_database"))
-    from trainer.synthetic import synthetic_app_data
+    from trainer.data.synthetic import synthetic_app_data
 
     parent = args.workdir or Path(tempfile.gettempdir())
     parent.mkdir(parents=True, exist_ok=True)

@@ -54,8 +54,8 @@ python -m trainer load-demo
 echo "==> Building the dataset views with dbt (tests on the app's tables may warn: the demo has dirt on purpose)"
 dbt build --profiles-dir profiles --target "$target" --log-level warn
 python - <<'PY'
-from trainer.db import Database
-from trainer.settings import Settings
+from trainer.core.db import Database
+from trainer.core.settings import Settings
 with Database(Settings.from_env()).session() as session:
     print("datasets.dataset_summary:")
     for split, label, examples, documents in session.fetchall(

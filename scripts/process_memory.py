@@ -1,7 +1,7 @@
 """The resident memory of a process and its descendants, sampled from /proc (Linux).
 
 A training run has two processes while it embeds (the trainer and its encoder
-process, trainer.encoder_process), so its memory is their sum. Not ``ru_maxrss`` from
+process, trainer.model.encoder.process), so its memory is their sum. Not ``ru_maxrss`` from
 wait4: Linux carries a process's high-water mark over exec, so a child's figure is at
 least the RSS its parent had when it forked, and RUSAGE_CHILDREN gives the largest
 descendant, not the sum.

@@ -17,6 +17,10 @@ if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -p 5432 -q
     fi
 fi
 
+# The stages import one way (pyproject.toml's import-linter contracts, docs/ARCHITECTURE.md).
+echo "==> Checking imports between the stages (lint-imports)"
+lint-imports --no-logo --no-cache
+
 workers="${TEST_WORKERS:-2}"
 if [ "$workers" != "0" ] && [ "$workers" != "1" ]; then
     # One OpenMP thread per worker: the workers already fill the cores, and torch's

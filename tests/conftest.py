@@ -217,12 +217,12 @@ class Workspace:
         return env
 
     def settings(self, **extra: str):
-        from trainer.settings import Settings
+        from trainer.core.settings import Settings
 
         return Settings.from_env(environ=self.env(**extra))
 
     def database(self):
-        from trainer.db import Database
+        from trainer.core.db import Database
 
         return Database(self.settings())
 
@@ -370,7 +370,7 @@ def postgres_workspace(tmp_path, request, monkeypatch) -> Workspace:
 
 def demo_subset(document_count: int):
     """The first `document_count` demo documents (by id) with their annotations and events."""
-    from trainer.demo import DemoData, build_demo_data, read_segments
+    from trainer.data.demo import DemoData, build_demo_data, read_segments
 
     data = build_demo_data(read_segments())
     keep = sorted(data.documents.column("document_id").to_pylist())[:document_count]
@@ -389,7 +389,7 @@ def demo_subset(document_count: int):
 
 
 def load_app_data(database, data, schema: str = "app") -> None:
-    from trainer.app_tables import create_app_tables
+    from trainer.data.app_tables import create_app_tables
 
     with database.session(create=True) as session:
         create_app_tables(session, schema)
@@ -432,8 +432,8 @@ def prepared_workspace(space: Workspace, documents: int | None = 10, dbt_vars=No
 
 
 def _build(space: Workspace, documents: int | None, dbt_vars, build: bool) -> None:
-    from trainer.app_tables import create_app_tables
-    from trainer.results_store import ResultsStore
+    from trainer.data.app_tables import create_app_tables
+    from trainer.results.store import ResultsStore
 
     database = space.database()
     with database.session(create=True) as session:
@@ -454,8 +454,8 @@ def trained(request, tmp_path_factory):
     space = new_workspace(tmp_path_factory.mktemp(f"trained-{request.param}"), request.param, request)
     template = built_once(space, ("trained", TRAINED_DOCUMENTS), _train_twice)
     space.copy_from(template, with_artifacts=True)
-    from trainer.results_store import ResultsStore
-    from trainer.training import TrainingResult
+    from trainer.results.store import ResultsStore
+    from trainer.runs.training import TrainingResult
 
     store = ResultsStore(space.database())
     results = []
@@ -471,8 +471,8 @@ def trained(request, tmp_path_factory):
 
 
 def _train_twice(space: Workspace) -> None:
-    from trainer.arguments import TrainingArguments
-    from trainer.training import train
+    from trainer.model.arguments import TrainingArguments
+    from trainer.runs.training import train
 
     _build(space, TRAINED_DOCUMENTS, None, build=False)
     space.dbt("build")
@@ -496,9 +496,9 @@ class EmbeddingOnlyModel:
 def save_embedding_only_model(root: Path) -> EmbeddingOnlyModel:
     from sklearn.linear_model import LogisticRegression
 
-    from trainer.artifacts import ArtifactStore
-    from trainer.classifier import SegmentClassifier
-    from trainer.embeddings import embed_texts, embedding_model_id
+    from trainer.core.blob_store import ArtifactStore
+    from trainer.model.classifier import SegmentClassifier
+    from trainer.model.encoder.embeddings import embed_texts, embedding_model_id
 
     texts = ["Date:", "Total amount", "TO: R. J. Reynolds", "Signature", "FROM:", "Yes"]
     labels = ["question", "answer", "answer", "question", "question", "answer"]

@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -22,7 +21,6 @@ from urllib.parse import urlsplit
 
 import pyarrow.parquet as pq
 import pytest
-
 from api_server import ApiServer, read_then_hang_up, running_api, wait_for
 from conftest import ENGINES, Workspace, new_workspace, prepared_workspace
 
@@ -41,7 +39,7 @@ class ApiCase:
     model_version_id: int
 
     def store(self):
-        from trainer.results_store import ResultsStore
+        from trainer.results.store import ResultsStore
 
         return ResultsStore(self.space.database())
 
@@ -67,7 +65,7 @@ def api(request, tmp_path_factory):
 
 
 def local_path(case: ApiCase, uri: str) -> Path:
-    from trainer.artifacts import ArtifactStore
+    from trainer.core.blob_store import ArtifactStore
 
     return Path(ArtifactStore(case.space.settings().artifacts_url).path_of(uri))
 
@@ -143,7 +141,7 @@ def test_the_server_refuses_to_start_without_a_valid_token(duckdb_workspace):
 
 def test_tokens_can_come_from_a_file(duckdb_workspace, tmp_path):
     from trainer.api.tokens import TokenRegistry
-    from trainer.errors import ConfigurationError
+    from trainer.core.errors import ConfigurationError
 
     secret = secrets.token_urlsafe(32)
     path = tmp_path / "tokens"
@@ -177,7 +175,7 @@ def test_runs_are_listed_newest_first_filtered_and_paged(api):
 def test_runs_page_through_several_runs(engine, tmp_path, request):
     """Paging needs more runs than the module's one: a database of its own with seven
     runs recorded by the results store (none trained), behind a server of its own."""
-    from trainer.results_store import ResultsStore
+    from trainer.results.store import ResultsStore
 
     space = prepared_workspace(new_workspace(tmp_path, engine, request), documents=None, build=False)
     store = ResultsStore(space.database())
@@ -280,8 +278,8 @@ def test_unknown_ids_answer_404_and_bad_params_422_naming_the_field(api):
 
 
 def test_a_runs_dataset_downloads_exactly_as_snapshotted_and_is_audited(api):
-    from trainer.export import encode_examples
-    from trainer.snapshots import read_snapshot
+    from trainer.data.snapshots import read_snapshot
+    from trainer.results.export import encode_examples
 
     run = api.store().get_run(api.run_id)
     with api.server.client() as client:
@@ -302,7 +300,7 @@ def test_a_runs_dataset_downloads_exactly_as_snapshotted_and_is_audited(api):
     assert len(rows) == run.eval_examples == int(jsonl.headers["x-example-count"])
     assert {row["split"] for row in rows} == {"eval"}
     assert len(list(csv.DictReader(io.StringIO(table.text, newline="")))) == run.train_examples
-    from trainer.artifacts import ArtifactStore
+    from trainer.core.blob_store import ArtifactStore
 
     snapshot = read_snapshot(ArtifactStore(api.space.settings().artifacts_url), run.snapshot_uri, run.snapshot_sha256)
     assert pq.read_table(io.BytesIO(parquet.content)).equals(snapshot)
@@ -340,8 +338,8 @@ def test_the_live_dataset_is_what_a_run_now_would_snapshot(api):
 
 
 def test_a_model_version_downloads_as_a_checked_archive_and_is_audited(api, tmp_path):
-    from trainer.artifacts import ArtifactStore
-    from trainer.classifier import SegmentClassifier
+    from trainer.core.blob_store import ArtifactStore
+    from trainer.model.classifier import SegmentClassifier
 
     store = api.store()
     version = store.get_model_version_by_id(api.model_version_id)
@@ -402,10 +400,10 @@ def test_a_run_queued_over_http_is_trained_by_a_worker_and_audited(api):
 def _big_run(case: ApiCase, rows: int) -> int:
     """A run whose snapshot holds ``rows`` synthetic examples (it failed after the
     snapshot, as a run can), to stream something that does not fit a socket buffer."""
-    from trainer.artifacts import ArtifactStore
-    from trainer.dataset import dataset_fingerprint, summarize
-    from trainer.snapshots import write_snapshot
-    from trainer.synthetic import synthetic_examples
+    from trainer.core.blob_store import ArtifactStore
+    from trainer.data.dataset import dataset_fingerprint, summarize
+    from trainer.data.snapshots import write_snapshot
+    from trainer.data.synthetic import synthetic_examples
 
     examples = synthetic_examples(rows, seed=11)
     fingerprint = dataset_fingerprint(examples)
@@ -506,7 +504,7 @@ def _hostile_uris(root: Path, outside: Path) -> list[str]:
 
 
 def test_hostile_uris_written_into_the_tables_are_refused(api, tmp_path):
-    from trainer.artifacts import sha256_hex
+    from trainer.core.blob_store import sha256_hex
 
     settings = api.space.settings()
     root = Path(settings.artifacts_url)
@@ -549,7 +547,7 @@ def test_hostile_uris_written_into_the_tables_are_refused(api, tmp_path):
 
 def test_a_model_file_listed_with_an_unsafe_name_is_refused(api, tmp_path):
     """The artifact's own manifest is data: a name in it that climbs out is refused."""
-    from trainer.artifacts import ArtifactStore
+    from trainer.core.blob_store import ArtifactStore
 
     version = api.store().get_model_version_by_id(api.model_version_id)
     artifacts = ArtifactStore(api.space.settings().artifacts_url)

@@ -27,7 +27,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-
 from api_server import ApiServer, read_then_hang_up, running_api, wait_for
 from conftest import ENGINES, Workspace, new_workspace, prepared_workspace
 
@@ -54,12 +53,12 @@ class Served:
     artifacts_url: str
 
     def store(self):
-        from trainer.results_store import ResultsStore
+        from trainer.results.store import ResultsStore
 
         return ResultsStore(self.space.database())
 
     def artifacts(self):
-        from trainer.artifacts import ArtifactStore
+        from trainer.core.blob_store import ArtifactStore
 
         return ArtifactStore(self.artifacts_url)
 
@@ -91,9 +90,9 @@ def _snapshot_run(case: Served, seed: int):
     snapshot that is still valid Parquet (a swapped file that would parse)."""
     import pyarrow as pa
 
-    from trainer.dataset import dataset_fingerprint, summarize
-    from trainer.snapshots import snapshot_bytes, write_snapshot
-    from trainer.synthetic import synthetic_examples
+    from trainer.data.dataset import dataset_fingerprint, summarize
+    from trainer.data.snapshots import snapshot_bytes, write_snapshot
+    from trainer.data.synthetic import synthetic_examples
 
     examples = synthetic_examples(SNAPSHOT_ROWS, seed=seed)
     fingerprint = dataset_fingerprint(examples)
@@ -111,8 +110,8 @@ def _snapshot_run(case: Served, seed: int):
 
 
 def _expected(examples, fmt: str) -> bytes:
-    from trainer.export import encode_examples
-    from trainer.snapshots import snapshot_bytes
+    from trainer.data.snapshots import snapshot_bytes
+    from trainer.results.export import encode_examples
 
     return snapshot_bytes(examples) if fmt == "parquet" else b"".join(encode_examples(examples, fmt))
 
@@ -539,7 +538,7 @@ def test_path_ids_are_canonical_decimal_and_nothing_redirects(served):
 
 def _name_refused_by_the_table(space: Workspace, table: str, name: str) -> bool:
     """Whether the table itself refuses a row named ``name`` written in plain SQL, past the store."""
-    from trainer.results_store import utcnow
+    from trainer.results.store import utcnow
 
     inserts = {
         "training_runs": ("insert into training.training_runs (model_name, status, created_at, params) "
@@ -564,8 +563,8 @@ class _RolledBack(Exception):
 
 
 def test_model_names_are_checked_where_written_and_escaped_where_read(served, request, tmp_path):
-    from trainer.errors import ConfigurationError
-    from trainer.results_store import MIGRATIONS, ResultsStore, utcnow
+    from trainer.core.errors import ConfigurationError
+    from trainer.results.store import MIGRATIONS, ResultsStore, utcnow
 
     store = served.store()
     hostile = ['evil"; filename="x.sh', "evil\u202egpj.exe", "a\r\nSet-Cookie: x=1", "ok\n"]
@@ -680,8 +679,8 @@ def test_migrations_6_and_7_keep_rows_written_before_them_readable(workspace):
     new rows take ids after them, `refused` is an outcome and an unknown one is
     refused by the table itself; new names are checked by the store and by the
     tables' CHECK, on both engines."""
-    from trainer.errors import ConfigurationError
-    from trainer.results_store import MIGRATIONS, AuditEntry, LabelIssue, Metric, ResultsStore, utcnow
+    from trainer.core.errors import ConfigurationError
+    from trainer.results.store import MIGRATIONS, AuditEntry, LabelIssue, Metric, ResultsStore, utcnow
 
     database = workspace.database()
     store = ResultsStore(database)
@@ -748,7 +747,7 @@ def _outcome_refused_by_the_table(workspace, insert: str, outcome: str) -> bool:
         from psycopg.errors import CheckViolation as Refused
     else:
         from duckdb import ConstraintException as Refused
-    from trainer.results_store import utcnow
+    from trainer.results.store import utcnow
 
     try:
         with workspace.database().session() as session:

@@ -10,8 +10,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from trainer.artifacts import CHUNK_SIZE, ArtifactStore, StoredFile, sha256_hex
-from trainer.errors import ArtifactError, ConfigurationError
+from trainer.core.blob_store import CHUNK_SIZE, ArtifactStore, StoredFile, sha256_hex
+from trainer.core.errors import ArtifactError, ConfigurationError
 
 S3_PREFIX = "artifacts"  # the store lives below a prefix, so the rest of its bucket is "outside"
 

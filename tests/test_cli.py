@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 
 import pytest
-
 from conftest import TRAINED_DOCUMENTS, demo_subset, prepared_workspace
-from trainer.demo import build_demo_data, read_segments
+
+from trainer.data.demo import build_demo_data, read_segments
 
 COMMANDS = ("init-db", "load-demo", "train", "request", "worker", "reap", "predict", "runs", "metrics")
 
@@ -103,7 +103,7 @@ def test_init_db_on_postgres_leaves_the_apps_tables_to_the_app(postgres_workspac
 
 
 def test_init_db_applies_only_the_missing_migrations(workspace):
-    from trainer.results_store import MIGRATIONS, ResultsStore
+    from trainer.results.store import MIGRATIONS, ResultsStore
 
     database = workspace.database()
     store = ResultsStore(database)

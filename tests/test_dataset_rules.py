@@ -10,12 +10,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
+from conftest import ENGINES, Workspace, built_once, new_workspace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import ENGINES, Workspace, built_once, new_workspace
 from reference import Annotation, Document, Event, dataset_summary, training_examples
-from trainer.dataset import EXAMPLE_COLUMNS
+
+from trainer.data.dataset import EXAMPLE_COLUMNS
 
 PLAIN_APP_TABLES = """
 create schema if not exists app;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 from conftest import ROOT, demo_subset, load_app_data
 from test_dataset_rules import PLAIN_APP_TABLES
 

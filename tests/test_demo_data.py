@@ -6,9 +6,9 @@ import csv
 from importlib import resources
 
 import pytest
-
 from conftest import ENGINES, ROOT, new_workspace
-from trainer.demo import build_demo_data, load_demo, read_segments
+
+from trainer.data.demo import build_demo_data, load_demo, read_segments
 
 
 @pytest.fixture(scope="module", params=ENGINES)
@@ -19,17 +19,17 @@ def loaded(request, tmp_path_factory):
 
 
 def test_demo_data_is_bundled_with_attribution():
-    folder = resources.files("trainer") / "demo_data" / "funsd"
+    folder = resources.files("trainer.data") / "demo_data" / "funsd"
     readme = (folder / "README.md").read_text(encoding="utf-8")
     assert "Jaume, Ekenel and Thiran" in readme
     assert "solely for" in readme and "non-commercial, research and educational purposes" in readme
-    assert "../shared" not in (ROOT / "python" / "trainer" / "demo.py").read_text()
+    assert "../shared" not in (ROOT / "python" / "trainer" / "data" / "demo.py").read_text()
 
 
 def test_texts_and_ids_are_exactly_the_source(loaded):
     space, _ = loaded
     source = {}
-    with (resources.files("trainer") / "demo_data" / "funsd" / "segments.csv").open(encoding="utf-8", newline="") as handle:
+    with (resources.files("trainer.data") / "demo_data" / "funsd" / "segments.csv").open(encoding="utf-8", newline="") as handle:
         for row in csv.DictReader(handle):
             source[f"{row['doc_id']}-{row['segment_id']}"] = row["text"]
     stored = dict(space.query("select annotation_id, text from app.annotations"))
@@ -83,7 +83,7 @@ def test_boxes_are_in_points_with_origin_top_left(loaded):
     """Pixels of ~754 x 1000 scans become points of a 792-pt-high page: x 0.792."""
     space, _ = loaded
     source = {}
-    with (resources.files("trainer") / "demo_data" / "funsd" / "segments.csv").open(encoding="utf-8", newline="") as handle:
+    with (resources.files("trainer.data") / "demo_data" / "funsd" / "segments.csv").open(encoding="utf-8", newline="") as handle:
         for row in csv.DictReader(handle):
             source[f"{row['doc_id']}-{row['segment_id']}"] = [float(row[k]) for k in ("x0", "y0", "x1", "y1")]
     for annotation_id, *box in space.query("select annotation_id, x0, y0, x1, y1 from app.annotations"):

@@ -1,7 +1,7 @@
 """Any DuckDB file name works: DuckDB names a file's catalog after the file, so a
 file named like one of the schemas (app, training, datasets) used to make every
 `app.documents` ambiguous. The trainer and dbt attach the file under one fixed
-name instead (trainer.db, profiles/profiles.yml); these run the commands on such
+name instead (trainer.core.db, profiles/profiles.yml); these run the commands on such
 files as a user would. Models are cheap (no embedding): the file name is under test.
 """
 
@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-
 from api_server import running_api
 from conftest import Workspace, _isolate, demo_subset, load_app_data
 from test_cli import unseen_segments, write_input
@@ -128,8 +127,8 @@ def test_an_analysts_read_only_attach_makes_the_trainer_wait_up_to_the_lock_time
 
 
 def test_an_app_schema_named_like_a_catalog_is_refused_on_duckdb_only():
-    from trainer.errors import ConfigurationError
-    from trainer.settings import Settings
+    from trainer.core.errors import ConfigurationError
+    from trainer.core.settings import Settings
 
     for schema in ("warehouse", "memory", "Temp"):
         with pytest.raises(ConfigurationError, match=f"app schema '{schema}' cannot be used on DuckDB"):

@@ -17,16 +17,17 @@ import textwrap
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import prepared_workspace, save_embedding_only_model
-from trainer.arguments import TrainingArguments
-from trainer.artifacts import ArtifactStore, sha256_hex
-from trainer.classifier import MANIFEST, SegmentClassifier
-from trainer.embedding_cache import EmbeddingCache, embed_with_cache, encoder_key, text_digests
-from trainer.embeddings import (
+
+from trainer.core.blob_store import ArtifactStore, sha256_hex
+from trainer.core.errors import ArtifactError, ConfigurationError
+from trainer.model.arguments import TrainingArguments
+from trainer.model.classifier import MANIFEST, SegmentClassifier
+from trainer.model.encoder.cache import EmbeddingCache, embed_with_cache, encoder_key, text_digests
+from trainer.model.encoder.embeddings import (
     EMBEDDING_BACKENDS,
-    EXPORT_MANIFEST,
     ENCODER_CACHE_ENV,
+    EXPORT_MANIFEST,
     embed_texts,
     embedding_model_id,
     ensure_export,
@@ -36,7 +37,6 @@ from trainer.embeddings import (
     load_encoder,
     texts_per_pass,
 )
-from trainer.errors import ArtifactError, ConfigurationError
 
 # Short and long (past the 256-token limit), blank, non-ASCII, repeated.
 TEXTS = [
@@ -156,7 +156,7 @@ def test_an_export_is_published_whole_and_rebuilt_when_damaged(encoder_cache, tm
         """
         import sys
         from pathlib import Path
-        from trainer.embeddings import ensure_export
+        from trainer.model.encoder.embeddings import ensure_export
         print(ensure_export("onnx-int8", Path(sys.argv[1])))
         """
     )
@@ -196,9 +196,9 @@ def test_cached_vectors_are_kept_per_backend(tmp_path):
 
 
 def test_an_unknown_backend_is_a_configuration_error():
-    with pytest.raises(ConfigurationError, match=r"embedding backend 'cuda' is not one of torch, onnx, onnx-int8"):
+    with pytest.raises(ConfigurationError, match=r"embedding_backend 'cuda' is not one of torch, onnx, onnx-int8"):
         TrainingArguments(embedding_backend="cuda")
-    with pytest.raises(ConfigurationError, match="embedding backend"):
+    with pytest.raises(ConfigurationError, match="embedding_backend 'ONNX'"):
         TrainingArguments.from_dict({"embedding_backend": "ONNX"})
     with pytest.raises(ConfigurationError, match="embedding backend"):
         embed_texts(["a"], backend="tensorrt")
@@ -207,7 +207,7 @@ def test_an_unknown_backend_is_a_configuration_error():
     assert TrainingArguments.from_dict({}).embedding_backend == "torch"  # params of runs before backends
 
     from trainer.api.schemas import TrainingRequest
-    from trainer.cli import cli
+    from trainer.cli.commands import cli
 
     assert TrainingRequest().embedding_backend == "torch"
     assert TrainingRequest(embedding_backend="onnx-int8").embedding_backend == "onnx-int8"
@@ -222,8 +222,8 @@ def test_an_unknown_backend_is_a_configuration_error():
 
 @pytest.mark.slow
 def test_a_fast_backend_run_records_its_backend_and_its_model_predicts_with_it(duckdb_workspace, encoder_cache):
-    from trainer.results_store import ResultsStore
-    from trainer.training import train
+    from trainer.results.store import ResultsStore
+    from trainer.runs.training import train
 
     space = prepared_workspace(duckdb_workspace, 10)
     # The embedding alone: the model's probabilities are its embedding model's.

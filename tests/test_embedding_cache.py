@@ -10,12 +10,12 @@ import textwrap
 import numpy as np
 import psutil
 import pytest
-
 from conftest import prepared_workspace
-from trainer.artifacts import ArtifactStore
-from trainer.embedding_cache import EmbeddingCache, EmbeddingJob, embed_with_cache, text_digests
-from trainer.encoder_process import EncoderProcess
-from trainer.embeddings import EmbeddingModelId, embed_texts, embedding_model_id
+
+from trainer.core.blob_store import ArtifactStore
+from trainer.model.encoder.cache import EmbeddingCache, EmbeddingJob, embed_with_cache, text_digests
+from trainer.model.encoder.embeddings import EmbeddingModelId, embed_texts, embedding_model_id
+from trainer.model.encoder.process import EncoderProcess
 
 TEXTS = ["Date:", "TO: R. J. Reynolds", "Date:", "Total amount", "«Größe» 👩‍🔬", "line\nbreak", "TO: R. J. Reynolds"]
 
@@ -114,7 +114,7 @@ def test_large_shards_are_read_a_row_group_at_a_time_whatever_wrote_them(tmp_pat
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from trainer.embedding_cache import SHARD_ROW_GROUP
+    from trainer.model.encoder.cache import SHARD_ROW_GROUP
 
     store = ArtifactStore(str(tmp_path))
     encoder = embedding_model_id()
@@ -165,9 +165,9 @@ def test_two_processes_filling_the_cache_at_once_agree(tmp_path):
     script = textwrap.dedent(
         f"""
         import json, sys
-        from trainer.artifacts import ArtifactStore
-        from trainer.embedding_cache import EmbeddingCache, embed_with_cache
-        from trainer.embeddings import embed_texts, embedding_model_id
+        from trainer.core.blob_store import ArtifactStore
+        from trainer.model.encoder.cache import EmbeddingCache, embed_with_cache
+        from trainer.model.encoder.embeddings import embed_texts, embedding_model_id
         texts = json.loads(sys.argv[1])
         cache = EmbeddingCache(ArtifactStore({str(tmp_path)!r}), embedding_model_id())
         result = embed_with_cache(texts, cache, lambda t: embed_texts(t, progress=False))
@@ -193,9 +193,9 @@ def test_two_processes_filling_the_cache_at_once_agree(tmp_path):
 
 @pytest.mark.slow
 def test_a_retrain_embeds_only_the_new_texts(duckdb_workspace):
-    from trainer.arguments import TrainingArguments
-    from trainer.results_store import ResultsStore
-    from trainer.training import train
+    from trainer.model.arguments import TrainingArguments
+    from trainer.results.store import ResultsStore
+    from trainer.runs.training import train
 
     space = prepared_workspace(duckdb_workspace, 10)
     settings = space.settings()
@@ -228,6 +228,6 @@ def test_a_retrain_embeds_only_the_new_texts(duckdb_workspace):
     third_params = store.get_run(third.run_id).params
     assert (third_params["embedding_cache_hits"], third_params["embedded_texts"]) == (distinct, 1)
     # A queued run rebuilds its arguments from these params.
-    from trainer.arguments import TrainingArguments as Arguments
+    from trainer.model.arguments import TrainingArguments as Arguments
 
     assert Arguments.from_dict(third_params) == TrainingArguments(**embedding_only)

@@ -1,4 +1,4 @@
-"""The encoder in a child process (trainer.encoder_process): the same vectors as in
+"""The encoder in a child process (trainer.model.encoder.process): the same vectors as in
 process, errors that keep their type, and no child left behind however the run ends."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import numpy as np
 import psutil
 import pytest
 
-from trainer.embeddings import embed_texts
-from trainer.encoder_process import EncoderProcess, EncoderProcessError
-from trainer.errors import ConfigurationError
+from trainer.core.errors import ConfigurationError
+from trainer.model.encoder.embeddings import embed_texts
+from trainer.model.encoder.process import EncoderProcess, EncoderProcessError
 
 TEXTS = ["Date:", "TO: R. J. Reynolds", "", "«Größe» 👩‍🔬", "CONFIDENTIAL " * 120, "Date:"]
 
@@ -84,7 +84,7 @@ def test_the_child_dies_with_its_parent_even_by_kill_9(tmp_path):
     running, even one in the middle of a long request."""
     script = textwrap.dedent(
         """
-        from trainer.encoder_process import EncoderProcess
+        from trainer.model.encoder.process import EncoderProcess
         encoder = EncoderProcess()
         encoder.__enter__()
         encoder.embed(["Date:"])

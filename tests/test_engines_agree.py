@@ -6,13 +6,13 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-
 from conftest import load_app_data, new_workspace
+from hypothesis import HealthCheck, given, settings
 from reference import Annotation, Document, Event, training_examples
 from test_dataset_rules import app_states, build_views, replace_app_data
-from trainer.dataset import EXAMPLE_COLUMNS, dataset_fingerprint, read_training_examples
-from trainer.demo import build_demo_data, read_segments
+
+from trainer.data.dataset import EXAMPLE_COLUMNS, dataset_fingerprint, read_training_examples
+from trainer.data.demo import build_demo_data, read_segments
 
 LONG_TEXT = ("Ünïcødé עברית العربية 🙂👍🏽 \"quoted\", comma\nnew line\ttab " * 400)[:20_000]
 
@@ -80,7 +80,7 @@ def test_synthetic_app_data_follows_the_contract_on_both_engines(both_engines):
     """The benchmarks' generated event logs (late events, ties, edits after acceptance,
     blank labels and texts, unknown types, orphans, deleted documents) give exactly
     the reference's examples, on both engines."""
-    from trainer.synthetic import synthetic_app_data
+    from trainer.data.synthetic import synthetic_app_data
 
     data = synthetic_app_data(3_000, seed=5)
     documents = [Document(**row) for row in data.documents.to_pylist()]

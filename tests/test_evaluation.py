@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainer.arguments import TrainingArguments
-from trainer.errors import ConfigurationError
-from trainer.evaluation import evaluate
+from trainer.core.errors import ConfigurationError
+from trainer.model.arguments import TrainingArguments
+from trainer.model.evaluation import evaluate
 
 CLASSES = ["answer", "header", "question"]
 
@@ -120,5 +120,5 @@ def test_the_curve_and_the_threshold_follow_their_definitions_whatever_the_order
 
 @pytest.mark.parametrize("value", [0, 0.0, -0.1, 1.5, True, "0.9"])
 def test_a_target_precision_outside_0_to_1_is_refused(value):
-    with pytest.raises(ConfigurationError, match="target precision"):
+    with pytest.raises(ConfigurationError, match="target_precision"):
         TrainingArguments(target_precision=value)

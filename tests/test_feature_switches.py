@@ -10,17 +10,17 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import prepared_workspace, save_embedding_only_model
-from trainer.arguments import TrainingArguments
-from trainer.artifacts import ArtifactStore
-from trainer.classifier import EMBEDDING_ONLY, HEAD_FILE, MANIFEST, SegmentClassifier, SegmentRows
-from trainer.embeddings import embedding_model_id
-from trainer.errors import ConfigurationError
-from trainer.run_outputs import PREDICTIONS_FILE, PREDICTIONS_SCHEMA
-from trainer.segment_features import LAYOUT_FEATURES, NEIGHBOUR_GEOMETRY, TEXT_STAT_FEATURES
-from trainer.segment_model import FeatureSet
-from trainer.training import train
+
+from trainer.core.blob_store import ArtifactStore
+from trainer.core.errors import ConfigurationError
+from trainer.model.arguments import TrainingArguments
+from trainer.model.classifier import EMBEDDING_ONLY, HEAD_FILE, MANIFEST, SegmentClassifier, SegmentRows
+from trainer.model.encoder.embeddings import embedding_model_id
+from trainer.model.segment_features import LAYOUT_FEATURES, NEIGHBOUR_GEOMETRY, TEXT_STAT_FEATURES
+from trainer.model.segment_model import FeatureSet
+from trainer.results.run_outputs import PREDICTIONS_FILE, PREDICTIONS_SCHEMA
+from trainer.runs.training import train
 
 pytestmark = pytest.mark.slow
 

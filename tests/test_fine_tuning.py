@@ -1,4 +1,4 @@
-"""`train-st`'s fine-tuning (trainer.fine_tuning): the real installed encoder,
+"""`train-st`'s fine-tuning (trainer.model.encoder.fine_tuning): the real installed encoder,
 fine-tuned for a few steps on real demo segments; no mocks.
 
 Whether fine-tuning pays off is measured on the whole demo data (docs/MODELS.md),
@@ -14,16 +14,16 @@ import random
 import numpy as np
 import pytest
 
-from trainer.demo import read_segments
-from trainer.embeddings import (
+from trainer.core.errors import ArtifactError, ConfigurationError, DatasetError
+from trainer.data.demo import read_segments
+from trainer.model.encoder.embeddings import (
     EMBEDDING_MODEL_NAME,
     embed_texts,
     embedding_model_id,
     fine_tuned_model_id,
     load_fine_tuned_encoder,
 )
-from trainer.errors import ArtifactError, ConfigurationError, DatasetError
-from trainer.fine_tuning import (
+from trainer.model.encoder.fine_tuning import (
     FINE_TUNING_FILE,
     PICKLE_SUFFIXES,
     FineTuneSettings,
@@ -233,9 +233,9 @@ def test_a_saved_encoder_loads_only_the_files_its_manifest_lists(tmp_path, monke
 
     from sklearn.linear_model import LogisticRegression
 
-    from trainer.artifacts import ArtifactStore
-    from trainer.classifier import SegmentClassifier
-    from trainer.embeddings import model_path
+    from trainer.core.blob_store import ArtifactStore
+    from trainer.model.classifier import SegmentClassifier
+    from trainer.model.encoder.embeddings import model_path
 
     monkeypatch.setenv("TRAINER_ENCODER_CACHE", str(tmp_path / "encoders"))
     encoder = tmp_path / "encoder"

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainer.dataset import EXAMPLE_COLUMNS, EXAMPLE_SCHEMA, Fingerprint, dataset_fingerprint
+from trainer.data.dataset import EXAMPLE_COLUMNS, EXAMPLE_SCHEMA, Fingerprint, dataset_fingerprint
 
 
 def examples(*rows: dict) -> pa.Table:
@@ -54,7 +54,7 @@ def test_boxes_and_acceptance_metadata_are_not_part_of_it():
 # -- the algorithm itself, pinned (docs/USER_GUIDE.md, "The dataset fingerprint") --------
 # Every stored fingerprint and `--from-snapshot <fingerprint>` depend on the exact bytes
 # hashed, so they are recomputed here from the documented description, by code that
-# shares nothing with trainer.dataset.
+# shares nothing with trainer.data.dataset.
 
 DOCUMENTED_FIRST_LINE = b"training-db-pipeline/training-examples/v1\n"
 DOCUMENTED_FIELD_ORDER = ("annotation_id", "document_id", "split", "label", "text")

@@ -1,4 +1,4 @@
-"""Label issues: the confident-learning rule (trainer/label_issues.py) against a worked
+"""Label issues: the confident-learning rule (trainer/model/label_issues.py) against a worked
 example, a plain restatement of its definition and injected label noise; and the table
 ``training.label_issues`` (migration 5) on both engines: its constraints, and
 ``succeed_run`` writing the issues with the run's metrics, all or nothing."""
@@ -14,14 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainer.label_issues import (
+from trainer.model.label_issues import (
     THRESHOLD_FLOOR,
     LabelIssueCandidate,
     confident_thresholds,
     find_label_issues,
     label_issue_rows,
 )
-from trainer.results_store import MIGRATIONS, LabelIssue, Metric, ResultsStore, RunStateError
+from trainer.results.store import MIGRATIONS, LabelIssue, Metric, ResultsStore, RunStateError
 
 # -- the rule, by hand ------------------------------------------------------------
 
@@ -416,7 +416,7 @@ def test_the_user_guides_label_issue_query_runs_on_both_engines(workspace):
     section = guide[guide.index("**`training.label_issues`**"):]
     start = section.index("```sql") + len("```sql")
     query = section[start: section.index("```", start)].strip().rstrip(";")
-    from trainer.app_tables import create_app_tables
+    from trainer.data.app_tables import create_app_tables
 
     store = migrated(workspace)
     with store.database.session() as session:

@@ -12,15 +12,15 @@ import pyarrow as pa
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from reference import Annotation, Document, Event, training_examples
 from reference import split_of as reference_split_of
 from test_dataset_rules import build_views, replace_app_data
-from trainer.dataset import EXAMPLE_COLUMNS, dataset_fingerprint, read_training_examples
-from trainer.errors import ConfigurationError, InputFileError
-from trainer.legacy_csv import LegacyCsv, read_legacy_csv
-from trainer.settings import project_root
-from trainer.split_rule import SplitRule
+
+from trainer.core.errors import ConfigurationError, InputFileError
+from trainer.core.settings import project_root
+from trainer.data.dataset import EXAMPLE_COLUMNS, dataset_fingerprint, read_training_examples
+from trainer.data.legacy_csv import LegacyCsv, read_legacy_csv
+from trainer.data.split_rule import SplitRule
 
 HEADER = "annotation_id,document_id,page,text,label,status"
 EXPECTED_TYPES = {

@@ -8,9 +8,9 @@ import csv
 import json
 
 import pytest
-
 from conftest import Workspace, prepared_workspace
-from trainer.dataset import dataset_fingerprint, read_training_examples
+
+from trainer.data.dataset import dataset_fingerprint, read_training_examples
 
 pytestmark = pytest.mark.slow
 

@@ -17,10 +17,10 @@ import skops.io
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import FunctionTransformer
 
-from trainer.artifacts import ArtifactStore, sha256_hex
-from trainer.classifier import HEAD_FILE, MANIFEST, SegmentClassifier
-from trainer.embeddings import embedding_model_id
-from trainer.errors import ArtifactError
+from trainer.core.blob_store import ArtifactStore, sha256_hex
+from trainer.core.errors import ArtifactError
+from trainer.model.classifier import HEAD_FILE, MANIFEST, SegmentClassifier
+from trainer.model.encoder.embeddings import embedding_model_id
 
 MARKER = "TDP_TEST_REFUSAL_MARKER"
 
@@ -125,7 +125,7 @@ print(json.dumps({{"torch": "torch" in sys.modules, "types": {{
 
 def test_skops_without_torch_trusts_exactly_the_types_it_trusts_with_it():
     """The classifier imports skops without letting scikit-learn's estimator walk
-    import torch (trainer.classifier._import_skops_io): the trusted types must be
+    import torch (trainer.model.classifier._import_skops_io): the trusted types must be
     the same as a plain import's, and torch must stay unloaded."""
     import subprocess
     import sys
@@ -136,7 +136,7 @@ def test_skops_without_torch_trusts_exactly_the_types_it_trusts_with_it():
         return json.loads(result.stdout)
 
     plain = trusted("import skops.io")
-    guarded = trusted("from trainer.classifier import _import_skops_io; _import_skops_io()")
+    guarded = trusted("from trainer.model.classifier import _import_skops_io; _import_skops_io()")
     assert guarded["types"] == plain["types"]
     assert len(plain["types"]["SKLEARN_ESTIMATOR_TYPE_NAMES"]) > 100
     assert guarded["torch"] is False

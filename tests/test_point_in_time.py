@@ -7,11 +7,11 @@ import json
 from datetime import datetime, timedelta
 
 import pytest
-
 from conftest import Workspace, prepared_workspace
-from trainer.dataset import dataset_fingerprint, read_training_examples
-from trainer.point_in_time import parse_as_of, training_examples_query
-from trainer.errors import ConfigurationError
+
+from trainer.core.errors import ConfigurationError
+from trainer.data.dataset import dataset_fingerprint, read_training_examples
+from trainer.data.point_in_time import parse_as_of, training_examples_query
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import subprocess
 
 import psycopg
 import pytest
-
 from conftest import PG_HOST, PG_PORT, PG_USER, ROOT, Workspace, demo_subset, load_app_data
-from trainer.demo import build_demo_data, read_segments
+
+from trainer.data.demo import build_demo_data, read_segments
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +87,7 @@ def test_the_pipeline_role_reads_the_app_and_writes_only_its_own_schemas(deploym
 
 
 def _database(space: Workspace, user: str):
-    from trainer.db import Database
+    from trainer.core.db import Database
 
     return Database(space.settings(PGUSER=user))
 

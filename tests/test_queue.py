@@ -10,9 +10,9 @@ import time
 from datetime import timedelta
 
 import pytest
-
 from conftest import Workspace, prepared_workspace
-from trainer.results_store import ResultsStore, RunStateError, utcnow
+
+from trainer.results.store import ResultsStore, RunStateError, utcnow
 
 pytestmark = pytest.mark.slow
 QUEUE_DOCUMENTS = 10  # ~450 examples: a training run takes seconds

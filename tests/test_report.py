@@ -17,15 +17,15 @@ from datetime import timedelta
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import ENGINES, new_workspace, prepared_workspace
 from PIL import Image
 
-from conftest import ENGINES, new_workspace, prepared_workspace
-from trainer.arguments import TrainingArguments
-from trainer.artifacts import ArtifactStore
-from trainer.cli import cli
+from trainer.cli.commands import cli
+from trainer.core.blob_store import ArtifactStore
+from trainer.model.arguments import TrainingArguments
 from trainer.report import ReportResult, write_report
-from trainer.results_store import ResultsStore
-from trainer.training import train
+from trainer.results.store import ResultsStore
+from trainer.runs.training import train
 
 pytestmark = pytest.mark.slow
 

@@ -15,14 +15,14 @@ from datetime import datetime, timedelta
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import Workspace, _build, built_once, load_app_data
-from trainer.arguments import TrainingArguments
-from trainer.artifacts import ArtifactStore
-from trainer.classifier import SegmentClassifier
-from trainer.demo import DemoData
-from trainer.results_store import ResultsStore, utcnow
-from trainer.training import train
+
+from trainer.core.blob_store import ArtifactStore
+from trainer.data.demo import DemoData
+from trainer.model.arguments import TrainingArguments
+from trainer.model.classifier import SegmentClassifier
+from trainer.results.store import ResultsStore, utcnow
+from trainer.runs.training import train
 
 # Where the files go is under test, not the model: the character n-gram text model alone
 # (no encoder, no second stage, no label-issue fits) writes every kind of artifact.
@@ -150,7 +150,7 @@ def test_a_run_stores_its_snapshot_and_model_in_any_blob_store(nasty, store_kind
 # kills it with SIGKILL, exactly as a crash at that moment would.
 PAUSE_DURING_ARTIFACT_WRITE = r"""
 import os, sys, time
-import trainer.artifacts as artifacts
+import trainer.core.blob_store as artifacts
 
 original_mv = None
 
@@ -167,7 +167,7 @@ def pausing_write(self, relative_path, data):
 
 original_write = artifacts.ArtifactStore.write_bytes
 artifacts.ArtifactStore.write_bytes = pausing_write
-from trainer.cli import cli
+from trainer.cli.commands import cli
 sys.argv = ["trainer", *sys.argv[1:]]
 cli()
 """

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from trainer.scratch import _owner_prefix, scratch_directory, sweep_abandoned
+from trainer.core.scratch import _owner_prefix, scratch_directory, sweep_abandoned
 
 
 def dead_pid() -> int:

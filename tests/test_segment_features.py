@@ -1,4 +1,4 @@
-"""The features beyond the text (trainer.segment_features, trainer.segment_model):
+"""The features beyond the text (trainer.model.segment_features, trainer.model.segment_model):
 hand-placed pages with known answers, and the neighbour search against a plain
 restatement of its definition."""
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainer.errors import DatasetError
-from trainer.segment_features import (
+from trainer.core.errors import DatasetError
+from trainer.model.segment_features import (
     DEFAULT_PAGE_SIZE,
     DIRECTIONS,
     LAYOUT_FEATURES,
@@ -24,7 +24,7 @@ from trainer.segment_features import (
     neighbour_features,
     text_statistics,
 )
-from trainer.segment_model import FeatureSet, document_folds, label_aligned, stage_two_features
+from trainer.model.segment_model import FeatureSet, document_folds, label_aligned, stage_two_features
 
 NAN = float("nan")
 
@@ -166,7 +166,7 @@ def test_a_crowded_page_is_compared_in_blocks_with_the_same_result(monkeypatch):
     sizes = rng.integers(1, 40, size=(90, 2))
     page = segments(np.hstack([corners, corners + sizes]))
     whole = find_neighbours(page)
-    monkeypatch.setattr("trainer.segment_features._PAIR_BLOCK_ROWS", 7)
+    monkeypatch.setattr("trainer.model.segment_features._PAIR_BLOCK_ROWS", 7)
     np.testing.assert_array_equal(find_neighbours(page), whole)
     np.testing.assert_array_equal(whole, reference_neighbours(page))
 

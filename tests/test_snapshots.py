@@ -11,15 +11,15 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import Workspace
-from trainer.arguments import TrainingArguments
-from trainer.artifacts import ArtifactStore
-from trainer.classifier import SegmentClassifier
-from trainer.results_store import ResultsStore
-from trainer.snapshots import read_snapshot
-from trainer.sources import SnapshotSource
-from trainer.training import train
+
+from trainer.core.blob_store import ArtifactStore
+from trainer.data.snapshots import read_snapshot
+from trainer.model.arguments import TrainingArguments
+from trainer.model.classifier import SegmentClassifier
+from trainer.results.store import ResultsStore
+from trainer.runs.sources import SnapshotSource
+from trainer.runs.training import train
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +83,7 @@ def test_a_tampered_snapshot_is_refused(trained, tmp_path):
     data = bytearray(copy.read_bytes())
     data[len(data) // 2] ^= 0xFF
     copy.write_bytes(bytes(data))
-    from trainer.errors import ArtifactError
+    from trainer.core.errors import ArtifactError
 
     with pytest.raises(ArtifactError, match="does not match its recorded sha256"):
         read_snapshot(store, str(copy), run.snapshot_sha256, run.dataset_fingerprint)

@@ -14,25 +14,25 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 import pytest
-
 from conftest import Workspace
-from trainer.arguments import TrainingArguments
-from trainer.artifacts import ArtifactStore
-from trainer.classifier import SegmentClassifier
-from trainer.dataset import (
+
+from trainer.core.blob_store import ArtifactStore
+from trainer.core.errors import ConfigurationError, DatasetError
+from trainer.data.dataset import (
     EXAMPLE_SCHEMA,
     dataset_fingerprint,
     read_training_examples,
     stream_training_examples,
     summarize,
 )
-from trainer.errors import ConfigurationError, DatasetError
-from trainer.results_store import ResultsStore
-from trainer.snapshots import ROW_GROUP_ROWS, snapshot_bytes
-from trainer.synthetic import synthetic_examples
-from trainer.model_fitting import fit_segment_model, new_text_head
-from trainer.training import train
-from trainer.training_data import collect_examples, fit_layout, text_probabilities
+from trainer.data.snapshots import ROW_GROUP_ROWS, snapshot_bytes
+from trainer.data.synthetic import synthetic_examples
+from trainer.model.arguments import TrainingArguments
+from trainer.model.classifier import SegmentClassifier
+from trainer.model.fit_inputs import collect_examples, row_order, text_probabilities
+from trainer.model.fitting import fit_segment_model, new_text_head
+from trainer.results.store import ResultsStore
+from trainer.runs.training import train
 
 
 def metric_rows(space: Workspace, run_id: int) -> list[tuple]:
@@ -154,17 +154,17 @@ def test_the_fit_on_grouped_rows_is_the_fit_on_one_row_per_example():
 def test_the_char_ngram_model_fit_on_the_filled_columns_is_the_fit_on_every_column(tmp_path):
     collected = collect_examples(synthetic_examples(2_000, seed=5).to_batches(), str(tmp_path))
     collected.discard_snapshot_file()
-    inputs, layout = collected.inputs, fit_layout(collected.inputs)
+    inputs, order = collected.inputs, row_order(collected.inputs)
     args = TrainingArguments(embedding_features=False, layout_features=False, neighbour_features=False)
-    saved = fit_segment_model(inputs, layout, None, args, progress=False).text_heads["char_ngrams"]
+    saved = fit_segment_model(inputs, order, None, args, progress=False).text_heads["char_ngrams"]
 
     hashing, tfidf, logistic = (saved.named_steps[name] for name in ("hashing", "tfidf", "logistic"))
     every_column = tfidf.transform(hashing.transform(inputs.texts))
     direct = new_text_head(args).fit(
-        every_column[layout.train_text], layout.train_labels, sample_weight=layout.train_counts
+        every_column[order.train_text], order.train_labels, sample_weight=order.train_counts
     )
     np.testing.assert_allclose(saved.predict_proba(inputs.texts), direct.predict_proba(every_column), atol=2e-3)
-    filled = np.unique(every_column[layout.train_text].indices)
+    filled = np.unique(every_column[order.train_text].indices)
     assert len(filled) < hashing.n_features  # the case the compact fit is for
     assert logistic.coef_.shape[1] == hashing.n_features
     assert not logistic.coef_[:, np.setdiff1d(np.arange(hashing.n_features), filled)].any()
@@ -176,17 +176,17 @@ def test_each_distinct_text_is_predicted_once_from_the_rows_the_fit_keeps(tmp_pa
     collected = collect_examples(synthetic_examples(3_000, seed=4).to_batches(max_chunksize=700), str(tmp_path))
     collected.discard_snapshot_file()
     inputs = collected.inputs
-    layout = fit_layout(inputs)
+    order = row_order(inputs)
     # Every distinct text is a row: once per train label it has, or once as an eval-only text.
-    assert sorted(set(layout.text_rows.tolist())) == list(range(len(inputs.texts)))
-    assert not set(layout.train_text.tolist()) & set(layout.other_text.tolist())
-    assert layout.texts(inputs) == [inputs.texts[i] for i in layout.text_rows]
+    assert sorted(set(order.text_rows.tolist())) == list(range(len(inputs.texts)))
+    assert not set(order.train_text.tolist()) & set(order.other_text.tolist())
+    assert order.texts(inputs) == [inputs.texts[i] for i in order.text_rows]
     by_text = np.random.default_rng(1).normal(size=(len(inputs.texts), 8)).astype(np.float32)
-    vectors = by_text[layout.text_rows]
+    vectors = by_text[order.text_rows]
     head = LogisticRegression().fit(
-        vectors[: layout.train_rows], layout.train_labels, sample_weight=layout.train_counts
+        vectors[: order.train_rows], order.train_labels, sample_weight=order.train_counts
     )
-    probabilities = text_probabilities(head.predict_proba, layout, vectors, len(inputs.texts), chunk_rows=333)
+    probabilities = text_probabilities(head.predict_proba, order, vectors, len(inputs.texts), chunk_rows=333)
     np.testing.assert_allclose(probabilities, head.predict_proba(by_text), rtol=1e-5, atol=1e-6)
 
 

@@ -10,14 +10,14 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import prepared_workspace
-from trainer.artifacts import ArtifactStore
-from trainer.classifier import MANIFEST, SegmentClassifier, SegmentRows
-from trainer.embeddings import embedding_model_id
-from trainer.errors import ArtifactError
-from trainer.fine_tuning import PICKLE_SUFFIXES
-from trainer.run_outputs import PREDICTIONS_FILE
+
+from trainer.core.blob_store import ArtifactStore
+from trainer.core.errors import ArtifactError
+from trainer.model.classifier import MANIFEST, SegmentClassifier, SegmentRows
+from trainer.model.encoder.embeddings import embedding_model_id
+from trainer.model.encoder.fine_tuning import PICKLE_SUFFIXES
+from trainer.results.run_outputs import PREDICTIONS_FILE
 
 pytestmark = pytest.mark.slow
 

@@ -8,14 +8,14 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import Workspace, prepared_workspace
-from trainer.arguments import TrainingArguments
-from trainer.artifacts import ArtifactStore, sha256_hex
-from trainer.classifier import SegmentClassifier, SegmentRows
-from trainer.dataset import dataset_fingerprint, read_training_examples
-from trainer.errors import TrainingFailed
-from trainer.training import train
+
+from trainer.core.blob_store import ArtifactStore, sha256_hex
+from trainer.core.errors import TrainingFailed
+from trainer.data.dataset import dataset_fingerprint, read_training_examples
+from trainer.model.arguments import TrainingArguments
+from trainer.model.classifier import SegmentClassifier, SegmentRows
+from trainer.runs.training import train
 
 pytestmark = pytest.mark.slow
 

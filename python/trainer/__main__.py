@@ -1,4 +1,4 @@
-from trainer.cli import cli
+from trainer.cli.commands import cli
 
 if __name__ == "__main__":
     cli(prog_name="python -m trainer")

@@ -23,7 +23,7 @@ from trainer.api.context import ApiContext, reader
 from trainer.api.guard import RequestGuard, attempt_of, excerpt, private_names, public_message, request_id_of
 from trainer.api.schemas import Health, Problem, TrainingRequest
 from trainer.api.tokens import ApiToken, TokenRegistry
-from trainer.errors import (
+from trainer.core.errors import (
     ArtifactError,
     ConfigurationError,
     DatabaseUnavailable,
@@ -31,7 +31,7 @@ from trainer.errors import (
     NotFound,
     TrainerError,
 )
-from trainer.settings import Settings
+from trainer.core.settings import Settings
 
 log = logging.getLogger("trainer.api")
 

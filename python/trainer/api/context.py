@@ -10,11 +10,11 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from trainer.api.tokens import ApiToken, TokenRegistry
-from trainer.artifacts import ArtifactStore
-from trainer.db import Database
-from trainer.errors import DatabaseUnavailable
-from trainer.results_store import ResultsStore
-from trainer.settings import Settings
+from trainer.core.blob_store import ArtifactStore
+from trainer.core.db import Database
+from trainer.core.errors import DatabaseUnavailable
+from trainer.core.settings import Settings
+from trainer.results.store import ResultsStore
 
 REALM = 'Bearer realm="training-db-pipeline"'
 

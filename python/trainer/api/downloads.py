@@ -19,7 +19,7 @@ from trainer.api.context import context_of, reader
 from trainer.api.guard import attempt_of, content_disposition
 from trainer.api.schemas import ModelVersionId, RunId
 from trainer.api.tokens import ApiToken
-from trainer.export import MEDIA_TYPES
+from trainer.results.export import MEDIA_TYPES
 
 router = APIRouter(tags=["downloads"])
 
@@ -76,7 +76,7 @@ async def run_dataset(
     split: Literal["all", "train", "eval"] = Split,
     token: ApiToken = Depends(reader),
 ):
-    from trainer.export import open_run_dataset
+    from trainer.results.export import open_run_dataset
 
     settings = context_of(request).settings
     attempt, stream = await _opened(
@@ -109,7 +109,7 @@ async def current_dataset(
     split: Literal["all", "train", "eval"] = Split,
     token: ApiToken = Depends(reader),
 ):
-    from trainer.export import open_current_dataset
+    from trainer.results.export import open_current_dataset
 
     settings = context_of(request).settings
     attempt, stream = await _opened(
@@ -137,7 +137,7 @@ async def download_model(
     model_version_id: ModelVersionId,
     token: ApiToken = Depends(reader),
 ):
-    from trainer.model_archive import MEDIA_TYPE, open_model_archive
+    from trainer.results.model_archive import MEDIA_TYPE, open_model_archive
 
     context = context_of(request)
     attempt, archive = await _opened(

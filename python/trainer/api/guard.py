@@ -33,7 +33,7 @@ from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from trainer.results_store import AuditEntry, utcnow
+from trainer.results.store import AuditEntry, utcnow
 
 log = logging.getLogger("trainer.api")
 

@@ -8,7 +8,7 @@ from trainer.api.context import reader, results
 from trainer.api.runs import Limit, ModelFilter, Offset, next_offset, with_links
 from trainer.api.schemas import AuditEntryOut, AuditPage, Lineage, ModelVersionId, ModelVersionOut, ModelVersionPage
 from trainer.api.tokens import ApiToken
-from trainer.results_store import ModelVersion, ResultsStore
+from trainer.results.store import ModelVersion, ResultsStore
 
 router = APIRouter()
 
@@ -57,7 +57,7 @@ def get_model_version(
     store: ResultsStore = Depends(results),
     _: ApiToken = Depends(reader),
 ):
-    from trainer.lineage import model_lineage
+    from trainer.results.lineage import model_lineage
 
     version = store.get_model_version_by_id(model_version_id)
     return with_links(model_lineage(store, version.model_name, version.version))

@@ -21,9 +21,9 @@ from trainer.api.schemas import (
     parse_training_request,
 )
 from trainer.api.tokens import ApiToken
-from trainer.arguments import MODEL_NAME_PATTERN
-from trainer.errors import NotFound
-from trainer.results_store import ResultsStore
+from trainer.core.errors import NotFound
+from trainer.model.arguments import MODEL_NAME_PATTERN
+from trainer.results.store import ResultsStore
 
 router = APIRouter(tags=["training runs"])
 
@@ -78,7 +78,7 @@ def list_runs(
     summary="One run: status, params, library versions, dataset, snapshot, artifact, error",
 )
 def get_run(run_id: RunId, store: ResultsStore = Depends(results), _: ApiToken = Depends(reader)):
-    from trainer.lineage import run_lineage
+    from trainer.results.lineage import run_lineage
 
     return with_links(run_lineage(store, run_id))
 
@@ -135,9 +135,9 @@ async def queue_run(request: Request, response: Response, token: ApiToken = Depe
 
 
 def _queue(request: Request, body: TrainingRequest, token: ApiToken) -> int:
-    from trainer.arguments import TrainingArguments
-    from trainer.sources import DatabaseSource, SnapshotSource
-    from trainer.work_queue import request_run
+    from trainer.model.arguments import TrainingArguments
+    from trainer.runs.sources import DatabaseSource, SnapshotSource
+    from trainer.runs.work_queue import request_run
 
     context = context_of(request)
     store = context.ready_store()

@@ -9,10 +9,19 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-from trainer.arguments import MODEL_NAME_PATTERN
-from trainer.embeddings import DEFAULT_EMBEDDING_BACKEND, EMBEDDING_BACKENDS
+from trainer.model.arguments import ArgumentSpec, argument_specs
 
 MAX_ID = 2**63 - 1  # bigint
 _CANONICAL_ID = re.compile(r"[1-9][0-9]{0,18}")
@@ -278,62 +287,51 @@ JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 JsonFloat = Annotated[float, BeforeValidator(_json_number)]
 
 
-class TrainingRequest(BaseModel):
+class _TrainingRequestBase(BaseModel):
     """A run to queue: its TrainingArguments and where its examples come from."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model_name: str = Field("segment-labeler", pattern=MODEL_NAME_PATTERN.pattern, max_length=100)
-    confidence_threshold: JsonFloat = Field(0.5, ge=0.0, le=1.0, allow_inf_nan=False)
-    seed: JsonInt = Field(42, ge=0, le=2**32 - 1)
-    embedding_batch_size: JsonInt = Field(64, ge=1, le=4096)
-    regularization: JsonFloat = Field(4.0, gt=0.0, le=1e6, allow_inf_nan=False)
-    class_weight: Literal["none", "balanced"] = "none"
-    max_iter: JsonInt = Field(2000, ge=1, le=100_000)
-    embedding_backend: Literal[tuple(EMBEDDING_BACKENDS)] = Field(  # type: ignore[valid-type]
-        DEFAULT_EMBEDDING_BACKEND,
-        description="What runs the sentence encoder: torch (SentenceTransformer), onnx or openvino (the model "
-        "exported to ONNX, float32: same vectors up to rounding), onnx-int8 (int8 weights: fastest, vectors "
-        "slightly off; docs/BENCHMARKS.md). The model predicts with the same backend.",
-    )
-    target_precision: JsonFloat = Field(
-        0.9,
-        gt=0.0,
-        le=1.0,
-        allow_inf_nan=False,
-        description="The eval metrics name the lowest confidence threshold whose covered predictions are at "
-        "least this right (threshold_at_target_precision).",
-    )
-    embedding_features: StrictBool = Field(True, description="A text model on the sentence embedding.")
-    char_ngram_features: StrictBool = Field(True, description="A text model on character 2-4-grams.")
-    layout_features: StrictBool = Field(True, description="Where the segment sits on its page.")
-    neighbour_features: StrictBool = Field(
-        True, description="The nearest segments left, right, above and below on the same page (never their labels)."
-    )
-    stacking_folds: JsonInt = Field(
-        5, ge=2, le=50, description="Document folds for cross-fitting the second stage and the label-quality check."
-    )
-    label_issues: StrictBool = Field(
-        True, description="Record the examples whose accepted label the model finds most unlikely."
-    )
-    max_label_issues: JsonInt = Field(1000, ge=0, le=1_000_000)
-    fine_tune: StrictBool = Field(
-        False, description="Fine-tune the sentence encoder on the train split first (what `train-st` does)."
-    )
-    fine_tune_max_pairs: JsonInt = Field(2000, ge=2, le=10_000_000)
-    fine_tune_max_seconds: JsonFloat = Field(420.0, gt=0.0, le=86_400.0, allow_inf_nan=False)
     source: Annotated[LiveSource | SnapshotSourceIn, Field(discriminator="kind")] = Field(
         default_factory=lambda: LiveSource(kind="database"),
         description="Default: the live datasets when the run starts.",
     )
 
     @model_validator(mode="after")
-    def _check_text_models(self) -> TrainingRequest:
+    def _check_text_models(self) -> _TrainingRequestBase:
         if not (self.embedding_features or self.char_ngram_features):
             raise ValueError("a model needs at least one text model: embedding_features or char_ngram_features")
         if self.fine_tune and (not self.embedding_features or self.embedding_backend != "torch"):
             raise ValueError("fine_tune needs embedding_features and the torch embedding backend")
         return self
+
+
+def _request_field(default: Any, kind: type, spec: ArgumentSpec) -> tuple[Any, Any]:
+    """(type, Field) of one TrainingArguments field in the request body: the same
+    default, range and help; JSON's own types only (no "5" for 5, no 1 for true)."""
+    bounds: dict[str, Any] = {}
+    if spec.minimum is not None:
+        bounds["gt" if spec.exclusive_minimum else "ge"] = spec.minimum
+    if spec.maximum is not None:
+        bounds["le"] = spec.maximum
+    if spec.choices is not None:
+        return Literal[spec.choices], Field(default, description=spec.help)  # type: ignore[valid-type]
+    if kind is bool:
+        return StrictBool, Field(default, description=spec.help)
+    if kind is int:
+        return JsonInt, Field(default, description=spec.help, **bounds)
+    if kind is float:
+        return JsonFloat, Field(default, description=spec.help, allow_inf_nan=False, **bounds)
+    return str, Field(default, description=spec.help, pattern=spec.pattern, max_length=spec.max_length)
+
+
+# Made from TrainingArguments' fields (trainer.model.arguments), the one declaration.
+TrainingRequest = create_model(
+    "TrainingRequest",
+    __base__=_TrainingRequestBase,
+    __doc__=_TrainingRequestBase.__doc__,
+    **{name: _request_field(default, kind, spec) for name, (default, kind, spec) in argument_specs().items()},
+)
 
 
 class QueuedRun(BaseModel):

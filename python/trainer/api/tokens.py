@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.errors import ConfigurationError
+from trainer.core.errors import ConfigurationError
 
 ROLES = ("reader", "trainer")
 TOKENS_VARIABLE = "TRAINER_API_TOKENS"

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from trainer.artifacts import ArtifactStore
-from trainer.errors import ConfigurationError, InputFileError
-from trainer.export import write_local_file
+from trainer.core.blob_store import ArtifactStore
+from trainer.core.errors import ConfigurationError, InputFileError
+from trainer.core.settings import Settings
 from trainer.report.data import LABEL_ISSUES_SHOWN, PREDICTIONS_FILE, load_report_data
 from trainer.report.page import render_page
 from trainer.report.plots import Plot, all_plots
-from trainer.settings import Settings
+from trainer.results.export import write_local_file
 
 REPORT_DIRECTORY = "report"
 INDEX = "index.html"

@@ -15,13 +15,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from trainer.artifacts import ArtifactStore
-from trainer.db import Database
-from trainer.errors import ArtifactError
-from trainer.evaluation import CONFUSION_PREFIX, RISK_AT_COVERAGE_PREFIX
-from trainer.results_store import LabelIssue, Metric, ModelVersion, ResultsStore, RunStateError, TrainingRun
-from trainer.run_outputs import PREDICTIONS_FILE, read_predictions
-from trainer.settings import Settings
+from trainer.core.blob_store import ArtifactStore
+from trainer.core.db import Database
+from trainer.core.errors import ArtifactError
+from trainer.core.settings import Settings
+from trainer.model.evaluation import CONFUSION_PREFIX, RISK_AT_COVERAGE_PREFIX
+from trainer.results.run_outputs import PREDICTIONS_FILE, read_predictions
+from trainer.results.store import LabelIssue, Metric, ModelVersion, ResultsStore, RunStateError, TrainingRun
 
 PREDICTION_COLUMNS = (
     "annotation_id",

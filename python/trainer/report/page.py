@@ -10,7 +10,7 @@ import json
 from dataclasses import fields
 from datetime import datetime, timezone
 
-from trainer.arguments import TrainingArguments
+from trainer.model.arguments import TrainingArguments
 from trainer.report.data import PREDICTIONS_FILE, ReportData
 from trainer.report.plots import Plot
 

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 
-from trainer.evaluation import RiskCoverage
+from trainer.model.evaluation import RiskCoverage
 from trainer.report.data import ReportData
 
 # Drawn at 1.5 times the size shown, so they stay sharp on high-density screens.
@@ -246,7 +246,7 @@ def risk_coverage(data: ReportData) -> Plot:
 
 def fine_curve(confidence: np.ndarray, correct: np.ndarray, points: int = 1000) -> tuple[np.ndarray, np.ndarray]:
     """The risk–coverage curve at every example (at most ``points`` of them), with the
-    same tie rule as the stored ``risk_at_coverage`` rows (trainer.evaluation)."""
+    same tie rule as the stored ``risk_at_coverage`` rows (trainer.model.evaluation)."""
     n = len(confidence)
     curve = RiskCoverage(confidence, correct)
     counts = np.unique(np.linspace(1, n, min(n, points)).round().astype(int))

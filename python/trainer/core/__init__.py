@@ -1,0 +1,1 @@
+"""Settings, database sessions, the blob store, errors: what every stage stands on."""

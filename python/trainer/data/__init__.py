@@ -1,0 +1,1 @@
+"""From the app's tables to examples: the dataset relations, snapshots, the split rule, legacy CSV, demo data."""

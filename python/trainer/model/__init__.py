@@ -1,0 +1,1 @@
+"""From examples to a fitted classifier: arguments, features, the encoder, fitting, evaluation, label issues."""

@@ -1,0 +1,1 @@
+"""Runs: training one, the work queue, heartbeats, where examples come from, predicting with a version."""
