@@ -138,3 +138,122 @@ def dataset_summary(examples: dict[str, dict]) -> dict[tuple[str, str], tuple[in
         counts[key] += 1
         documents.setdefault(key, set()).add(row["document_id"])
     return {key: (counts[key], len(documents[key])) for key in counts}
+
+
+# -- CONTRACT §7: the review loop ------------------------------------------------------
+
+CHANGES = ("created", "proposed", "edited")
+MODEL_PREFIX = "model:"
+
+
+def _orderable(event: Event) -> bool:
+    return event.annotation_id is not None and event.occurred_at is not None and event.event_id is not None
+
+
+def _place(event: Event):
+    return (event.occurred_at, event.event_id)
+
+
+def _unique_rows(rows, key: str) -> dict:
+    counts = Counter(getattr(row, key) for row in rows if getattr(row, key) is not None)
+    return {getattr(row, key): row for row in rows if getattr(row, key) is not None and counts[getattr(row, key)] == 1}
+
+
+def live_segments(documents: list[Document], annotations: list[Annotation], events: list[Event]) -> dict[str, dict]:
+    """annotation_id -> the row live_segments must hold for it (§7.1). An annotation
+    or document stored twice is ambiguous, as in §2: it is not live."""
+    live_documents = {key for key, row in _unique_rows(documents, "document_id").items() if row.deleted_at is None}
+    decisions = deciding_events(events)
+    latest_change: dict[str, Event] = {}
+    for event in events:
+        if event.event_type in CHANGES and _orderable(event):
+            current = latest_change.get(event.annotation_id)
+            if current is None or _place(event) > _place(current):
+                latest_change[event.annotation_id] = event
+    rows = {}
+    for annotation_id, annotation in _unique_rows(annotations, "annotation_id").items():
+        if annotation.document_id not in live_documents or is_blank(annotation.text):
+            continue
+        deciding = decisions.get(annotation_id)
+        if deciding is not None and deciding.event_type == "deleted":
+            continue
+        change = latest_change.get(annotation_id)
+        if deciding is None or (change is not None and _place(change) > _place(deciding)):
+            state = "pending"
+        else:
+            state = deciding.event_type
+        rows[annotation_id] = {
+            "annotation_id": annotation_id, "document_id": annotation.document_id, "page": annotation.page,
+            "x0": annotation.x0, "y0": annotation.y0, "x1": annotation.x1, "y1": annotation.y1,
+            "text": annotation.text, "review_state": state,
+        }  # fmt: skip
+    return rows
+
+
+def model_of(actor: str) -> tuple[str, str | None]:
+    """(model_name, model_version) of a `model:` actor: the version follows the last `@`."""
+    rest = actor[len(MODEL_PREFIX):]
+    if "@" not in rest:
+        return rest, None
+    name, version = rest.rsplit("@", 1)
+    return name, version
+
+
+def proposal_outcomes(annotations: list[Annotation], events: list[Event]) -> list[dict]:
+    """The rows proposal_outcomes must hold (§7.2), in no particular order: one per
+    model proposal event (an event recorded twice is two rows)."""
+    existing = {a.annotation_id for a in annotations if a.annotation_id is not None}
+    ordered = [event for event in events if _orderable(event)]
+    rows = []
+    for proposal in ordered:
+        if proposal.event_type != "proposed" or proposal.actor is None or not proposal.actor.startswith(MODEL_PREFIX):
+            continue
+        if proposal.annotation_id not in existing:
+            continue
+        later = [e for e in ordered if e.annotation_id == proposal.annotation_id and _place(e) > _place(proposal)]
+        decisions = [e for e in later if e.event_type in DECISIONS]
+        answer = None
+        if decisions:
+            first = min(_place(e) for e in decisions)
+            # Exact duplicates of the first place: the same tie-break as the deciding rule.
+            answer = max((e for e in decisions if _place(e) == first), key=_recency)
+        superseded = any(
+            e.event_type == "proposed" and (answer is None or _place(e) < _place(answer)) for e in later
+        )
+        if superseded:
+            outcome = "superseded"
+        elif answer is None:
+            outcome = "pending"
+        elif answer.event_type == "accepted":
+            same = answer.label is not None and proposal.label is not None and answer.label == proposal.label
+            outcome = "accepted" if same else "corrected"
+        else:
+            outcome = answer.event_type
+        model_name, model_version = model_of(proposal.actor)
+        rows.append({
+            "event_id": proposal.event_id, "annotation_id": proposal.annotation_id, "actor": proposal.actor,
+            "model_name": model_name, "model_version": model_version, "proposed_label": proposal.label,
+            "proposed_at": proposal.occurred_at, "answer_event_id": None if answer is None else answer.event_id,
+            "outcome": outcome,
+        })  # fmt: skip
+    return rows
+
+
+OUTCOMES = ("accepted", "corrected", "rejected", "deleted", "pending", "superseded")
+
+
+def proposal_acceptance(outcomes: list[dict]) -> dict[tuple, dict]:
+    """(actor, proposed_label) -> the row proposal_acceptance must hold for it (§7.3)."""
+    groups: dict[tuple, Counter] = {}
+    for row in outcomes:
+        groups.setdefault((row["actor"], row["proposed_label"]), Counter())[row["outcome"]] += 1
+    result = {}
+    for (actor, label), counts in groups.items():
+        decided = counts["accepted"] + counts["corrected"] + counts["rejected"]
+        model_name, model_version = model_of(actor)
+        result[(actor, label)] = {
+            "actor": actor, "model_name": model_name, "model_version": model_version, "proposed_label": label,
+            "proposals": sum(counts.values()), **{outcome: counts[outcome] for outcome in OUTCOMES},
+            "acceptance_rate": counts["accepted"] / decided if decided else None,
+        }  # fmt: skip
+    return result

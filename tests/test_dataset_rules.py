@@ -13,7 +13,16 @@ import pytest
 from conftest import ENGINES, Workspace, built_once, new_workspace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference import Annotation, Document, Event, dataset_summary, training_examples
+from reference import (
+    Annotation,
+    Document,
+    Event,
+    dataset_summary,
+    live_segments,
+    proposal_acceptance,
+    proposal_outcomes,
+    training_examples,
+)
 
 from trainer.data.dataset import EXAMPLE_COLUMNS
 
@@ -40,7 +49,10 @@ BLANK_LABELS = ["", " ", "\t\n", "\r", "\f", "\v", " \t\n\r\f\v"]
 GOOD_TEXTS = ["Name:", " Date: ", "\u00a0", "日本語", "RTL עברית", "emoji 🙂", 'a "quoted", text\n', "x" * 300]
 BLANK_TEXTS = ["", " ", "\t\n\r\f\v", "\v", None]
 DECISION_TYPES = ["accepted", "rejected", "deleted"]
-OTHER_TYPES = ["created", "proposed", "edited", "ACCEPTED", "Accepted", "Rejected", "approved", None]
+OTHER_TYPES = ["created", "proposed", "edited", "ACCEPTED", "Accepted", "Rejected", "approved", "Proposed", None]
+# People, and models named every way CONTRACT §7.2 reads: a version after the last `@`,
+# an `@` in the name, no version at all, and a prefix that is not quite `model:`.
+ACTORS = ["user:a", "user:b", "model:m@1", "model:m@2", "model:team@eu@3", "model:plain", "Model:m@1", None]
 free_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
 coordinate = st.none() | st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
 
@@ -95,7 +107,9 @@ def app_states(draw):
                 event_id, occurred_at = events[-1].event_id, events[-1].occurred_at
             elif kind == "null":
                 event_id = None
-            event_type = draw(st.sampled_from(["accepted"] * 6 + ["rejected", "deleted"] * 2 + OTHER_TYPES))
+            event_type = draw(
+                st.sampled_from(["accepted"] * 6 + ["rejected", "deleted"] * 2 + ["proposed"] * 3 + OTHER_TYPES)
+            )
             label = sometimes(draw, st.sampled_from(GOOD_LABELS * 3 + BLANK_LABELS + [None]), free_text)
             if kind == "duplicate" and events and draw(st.booleans()):
                 event_type, label = events[-1].event_type, events[-1].label  # only the actor may differ
@@ -105,7 +119,7 @@ def app_states(draw):
                     annotation_id=annotation_id,
                     event_type=event_type,
                     label=label,
-                    actor=draw(st.sampled_from(["user:a", "user:b", "model:m@1", None])),
+                    actor=draw(st.sampled_from(ACTORS)),
                     occurred_at=occurred_at,
                 )
             )
@@ -132,7 +146,16 @@ RELATION_COLUMNS = {
     "training_examples": list(EXAMPLE_COLUMNS),
     "latest_accepted_annotations": [name for name in EXAMPLE_COLUMNS if name != "split"],
     "dataset_summary": ["split", "label", "examples", "documents"],
-}
+    "live_segments": ["annotation_id", "document_id", "page", "x0", "y0", "x1", "y1", "text", "review_state"],
+    "proposal_outcomes": [
+        "event_id", "annotation_id", "actor", "model_name", "model_version", "proposed_label", "proposed_at",
+        "answer_event_id", "outcome",
+    ],
+    "proposal_acceptance": [
+        "actor", "model_name", "model_version", "proposed_label", "proposals", "accepted", "corrected", "rejected",
+        "deleted", "pending", "superseded", "acceptance_rate",
+    ],
+}  # fmt: skip
 
 
 def view_rows(space: Workspace, relation: str) -> list[dict]:
@@ -193,6 +216,17 @@ def test_views_follow_the_contract(built_views, state):
     }
     assert summary == dataset_summary(expected)
 
+    # CONTRACT §7: the review loop's relations.
+    live = {row["annotation_id"]: row for row in view_rows(space, "live_segments")}
+    assert live == live_segments(document_rows, annotation_rows, event_rows)
+    outcomes = proposal_outcomes(annotation_rows, event_rows)
+    columns = RELATION_COLUMNS["proposal_outcomes"]
+    assert sorted((tuple(row[c] for c in columns) for row in view_rows(space, "proposal_outcomes")), key=repr) == sorted(
+        (tuple(row[c] for c in columns) for row in outcomes), key=repr
+    )
+    acceptance = {(row["actor"], row["proposed_label"]): row for row in view_rows(space, "proposal_acceptance")}
+    assert acceptance == proposal_acceptance(outcomes)
+
 
 def test_reference_itself_on_a_worked_example():
     """The reference is only useful if it is right: one hand-checked case per rule."""
@@ -222,3 +256,38 @@ def test_reference_itself_on_a_worked_example():
     ]
     assert sorted(training_examples(docs, anns, evs)) == ["edited", "late"]
     assert training_examples(docs, anns, evs)["edited"]["label"] == "answer"
+
+
+def test_review_loop_reference_on_a_worked_example():
+    """The §7 reference, hand-checked: review states, answers, supersession, outcomes."""
+    from reference import model_of
+
+    t = [datetime(2026, 3, 1, 10) + timedelta(hours=k) for k in range(6)]
+    docs = [Document("d1"), Document("gone", deleted_at=t[0])]
+    anns = [Annotation(a, "d1", "text") for a in ("p", "acc", "chg", "rej", "del", "sup")] + [Annotation("old", "gone", "x")]
+    evs = [
+        Event(1, "p", "proposed", "question", "model:m@1", t[0]),  # never answered: pending
+        Event(2, "acc", "proposed", "answer", "model:m@1", t[0]),
+        Event(3, "acc", "accepted", "answer", "user:r", t[1]),  # same label: accepted
+        Event(4, "chg", "proposed", "answer", "model:m@1", t[0]),
+        Event(5, "chg", "accepted", "answer ", "user:r", t[1]),  # a trailing space: corrected
+        Event(6, "chg", "edited", "header", "user:a", t[2]),  # changed after the decision: pending again
+        Event(7, "rej", "proposed", "header", "model:team@eu@2", t[0]),
+        Event(8, "rej", "rejected", None, "user:r", t[1]),
+        Event(9, "del", "proposed", "other", "model:plain", t[0]),
+        Event(10, "del", "deleted", None, "user:r", t[1]),  # not live any more
+        Event(11, "sup", "proposed", "question", "model:m@1", t[0]),
+        Event(12, "sup", "proposed", "answer", "user:a", t[1]),  # a person's proposal supersedes
+        Event(13, "sup", "accepted", "answer", "user:r", t[2]),
+        Event(14, "ghost", "proposed", "x", "model:m@1", t[0]),  # no annotation row: not counted
+    ]
+    states = {key: row["review_state"] for key, row in live_segments(docs, anns, evs).items()}
+    assert states == {"p": "pending", "acc": "accepted", "chg": "pending", "rej": "rejected", "sup": "accepted"}
+    outcomes = {row["event_id"]: (row["outcome"], row["answer_event_id"]) for row in proposal_outcomes(anns, evs)}
+    assert outcomes == {
+        1: ("pending", None), 2: ("accepted", 3), 4: ("corrected", 5), 7: ("rejected", 8), 9: ("deleted", 10),
+        11: ("superseded", 13),
+    }  # fmt: skip
+    assert model_of("model:team@eu@2") == ("team@eu", "2") and model_of("model:plain") == ("plain", None)
+    rates = {key: row["acceptance_rate"] for key, row in proposal_acceptance(proposal_outcomes(anns, evs)).items()}
+    assert rates[("model:m@1", "answer")] == 0.5 and rates[("model:m@1", "question")] is None

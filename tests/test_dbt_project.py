@@ -72,6 +72,24 @@ DBT_UNIT_TESTS = sorted(
             "split_salt_and_eval_percent_are_vars",
         )
     ]
+    # CONTRACT §7, the review loop.
+    + [("int_annotation_changes", "latest_change_is_placed_by_time_then_event_id")]
+    + [
+        ("int_proposal_answers", name)
+        for name in (
+            "a_later_proposal_supersedes_even_a_persons",
+            "a_proposal_is_answered_by_the_first_decision_after_it",
+            "only_model_proposals_of_existing_annotations_count",
+        )
+    ]
+    + [("live_segments", "review_state_follows_the_latest_change_and_the_decision")]
+    + [("proposal_outcomes", "outcomes_follow_the_contracts_order_and_labels_compare_exactly")]
+    + [("proposal_acceptance", "acceptance_counts_outcomes_per_actor_and_label")]
+)
+# The relations of CONTRACT §4 and §7 (views in `datasets`).
+MARTS = (
+    "latest_accepted_annotations", "training_examples", "dataset_summary", "live_segments", "proposal_outcomes",
+    "proposal_acceptance",
 )
 
 def results_by_status(workspace) -> dict[str, list[str]]:
@@ -107,7 +125,7 @@ def test_build_succeeds_on_empty_tables(workspace):
     workspace.execute_script(PLAIN_APP_TABLES)
     workspace.dbt("build")
     assert results_by_status(workspace).keys() == {"success", "pass"}
-    for relation in ("latest_accepted_annotations", "training_examples", "dataset_summary"):
+    for relation in MARTS:
         assert workspace.query(f"select count(*) from datasets.{relation}") == [(0,)]
 
 
@@ -116,7 +134,7 @@ def test_relations_are_views_in_the_datasets_schema_without_prefix(workspace):
     workspace.dbt("build")
     models = {
         "stg_app__documents", "stg_app__annotations", "stg_app__annotation_events", "int_annotation_decisions",
-        "latest_accepted_annotations", "training_examples", "dataset_summary",
+        "int_annotation_changes", "int_proposal_answers", *MARTS,
     }
     views = {(schema, name) for schema, name in workspace.query(
         "select table_schema, table_name from information_schema.views") if name in models}
@@ -131,8 +149,7 @@ def test_mart_key_tests_error_and_app_table_tests_warn(duckdb_workspace):
     on_sources = [t for t in tests if any(dep.startswith("source.") for dep in t["depends_on"]["nodes"])]
     on_marts = [
         t for t in tests
-        if any(dep.split(".")[-1] in {"latest_accepted_annotations", "training_examples", "dataset_summary"}
-               for dep in t["depends_on"]["nodes"])
+        if any(dep.split(".")[-1] in MARTS for dep in t["depends_on"]["nodes"])
     ]
     assert on_sources and on_marts
     assert {t["config"]["severity"].lower() for t in on_sources} == {"warn"}

@@ -1,0 +1,55 @@
+{#- CONTRACT §7.2: one row per model proposal event, with what became of it. The
+    answer and supersession are decided in int_proposal_answers; here the outcome
+    follows the contract's order, and the actor is read as model:<name>@<version>
+    (the version after the last `@`; without one, the whole rest is the name). -#}
+
+with
+
+answers as (
+
+    select * from {{ ref('int_proposal_answers') }}
+
+),
+
+named as (
+
+    select
+        answers.*,
+        substr(actor, 7) as model_reference
+
+    from answers
+
+),
+
+final as (
+
+    select
+        event_id,
+        annotation_id,
+        actor,
+        case
+            when position('@' in model_reference) = 0 then model_reference
+            else left(model_reference, length(model_reference) - position('@' in reverse(model_reference)))
+        end as model_name,
+        case
+            when position('@' in model_reference) = 0 then null
+            else right(model_reference, position('@' in reverse(model_reference)) - 1)
+        end as model_version,
+        proposed_label,
+        proposed_at,
+        answer_event_id,
+        case
+            when is_superseded then 'superseded'
+            when answer_event_id is null then 'pending'
+            -- Labels compare exactly (CONTRACT §2.3): no trimming, no case folding.
+            when answer_type = 'accepted' and answer_label is not null and proposed_label is not null
+                and answer_label = proposed_label then 'accepted'
+            when answer_type = 'accepted' then 'corrected'
+            else answer_type
+        end as outcome
+
+    from named
+
+)
+
+select * from final
