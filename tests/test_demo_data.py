@@ -79,6 +79,17 @@ def test_loading_is_deterministic_and_idempotent(loaded):
     assert one.annotation_events.equals(two.annotation_events) and one.annotations.equals(two.annotations)
 
 
+@pytest.mark.parametrize("loaded", ["postgres"], indirect=True)  # DuckDB keeps statistics as it writes
+def test_a_load_leaves_statistics_for_the_planner(loaded):
+    """On PostgreSQL the demo's tables are analyzed as they are loaded: the review
+    loop's views plan by them (docs/USER_GUIDE.md, Dirty data)."""
+    space, _ = loaded
+    analyzed = space.query(
+        "select relname from pg_stat_user_tables where schemaname = 'app' and last_analyze is not null"
+    )
+    assert sorted(name for (name,) in analyzed) == ["annotation_events", "annotations", "documents"]
+
+
 def test_boxes_are_in_points_with_origin_top_left(loaded):
     """Pixels of ~754 x 1000 scans become points of a 792-pt-high page: x 0.792."""
     space, _ = loaded

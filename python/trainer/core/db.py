@@ -103,6 +103,14 @@ class Session:
         else:
             self.execute("select pg_advisory_xact_lock(?)", (key,))
 
+    def refresh_statistics(self, table: str) -> None:
+        """Let the planner see what a bulk load put into ``table``: PostgreSQL's
+        ANALYZE (autovacuum would, but later; until then the planner guesses, and
+        the review loop's views pair every proposal with every event). DuckDB keeps
+        its statistics as it writes."""
+        if self.dialect == "postgres":
+            self.execute(f"analyze {table}")
+
     def bytewise_collation(self) -> str:
         """What makes ``order by`` a text column compare by bytes (CONTRACT's
         annotation_id order): PostgreSQL's ``collate "C"``; DuckDB already does."""

@@ -290,6 +290,9 @@ def load_demo(database: Database, schema: str = "app") -> LoadReport:
                 f"{schema}.annotation_events", "event_id", data.annotation_events
             ),
         }
+        if any(inserted.values()):
+            for table in inserted:
+                session.refresh_statistics(f"{schema}.{table}")
     return LoadReport(
         documents=data.documents.num_rows,
         annotations=data.annotations.num_rows,
