@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole pipeline from a fresh checkout: install, load the bundled FUNSD forms
 # into the app's tables, build the dataset views with dbt, train a model and print
-# the metrics it wrote to the database. Run it again to add another run (the
-# model's next version).
+# the metrics it wrote to the database; then close the loop: the model proposes
+# labels for the pending segments, the demo plays the app's reviewers, and the
+# proposals' acceptance prints beside the eval precision. Run it again to add
+# another run (the model's next version, trained on what reviewers accepted).
 #
 #   scripts/demo.sh                     # DuckDB, the embedded default (warehouse.duckdb)
 #   scripts/demo.sh --target postgres   # PostgreSQL from PGHOST/PGPORT/PGUSER/PGPASSWORD;
@@ -19,7 +21,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --target) target="${2:-}"; shift 2 ;;
         --target=*) target="${1#--target=}"; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "scripts/demo.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -68,7 +70,18 @@ echo "==> Training"
 python -m trainer train
 
 echo
-echo "==> The run's report (confusion matrix, per-label figures, risk-coverage, label issues)"
+echo "==> The model proposes labels for the app's pending segments (training.proposals)"
+python -m trainer propose
+
+echo
+echo "==> Playing the app: it shows the proposals to reviewers (proposed events), who answer from the forms' true labels"
+python -m trainer demo-reviews
+dbt build --profiles-dir profiles --target "$target" --log-level warn \
+    --select live_segments review_queue review_queue_documents proposal_outcomes proposal_acceptance
+python -m trainer acceptance
+
+echo
+echo "==> The run's report (confusion matrix, per-label figures, risk-coverage, label issues, in the field)"
 python -m trainer report latest
 
 echo

@@ -520,3 +520,48 @@ def s3_server():
 
     with running_s3_server() as server:
         yield server
+
+
+@dataclass
+class EvalPages:
+    """A run's eval examples where its model saw them: the examples (annotation_id
+    order) first, then the page context the run stored on their documents, as one
+    set of rows to predict (trainer.model.fit_inputs.PageContext)."""
+
+    examples: list[tuple]  # annotation_id, document_id, page, x0, y0, x1, y1, text, label
+    texts: list[str]
+    rows: object  # SegmentRows of every row, examples first
+
+    def predict_examples(self, model):
+        """The model's probabilities of the eval examples, predicted on their pages."""
+        return model.predict_segments(self.texts, self.rows)[: len(self.examples)]
+
+
+def eval_pages(space: Workspace, run_id: int) -> EvalPages:
+    import numpy as np
+
+    from trainer.core.blob_store import ArtifactStore
+    from trainer.model.classifier import SegmentRows
+    from trainer.results.run_outputs import read_page_context
+    from trainer.results.store import ResultsStore
+
+    examples = space.query(
+        "select annotation_id, document_id, page, x0, y0, x1, y1, text, label from datasets.training_examples "
+        "where split = 'eval' order by annotation_id"
+    )
+    run = ResultsStore(space.database()).get_run(run_id)
+    context = read_page_context(ArtifactStore(str(space.artifacts)), run)
+    around: list[tuple] = []
+    if context is not None:
+        documents = {row[1] for row in examples}
+        around = [
+            (row["document_id"], row["page"], row["x0"], row["y0"], row["x1"], row["y1"], row["text"])
+            for row in context.to_pylist()
+            if row["document_id"] in documents
+        ]
+    every = [row[1:8] for row in examples] + around
+    rows = SegmentRows(
+        [row[0] for row in every], [row[1] for row in every],
+        np.array([[np.nan if v is None else v for v in row[2:6]] for row in every], dtype=float).reshape(len(every), 4),
+    )  # fmt: skip
+    return EvalPages(examples, [row[6] for row in every], rows)

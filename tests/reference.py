@@ -1,4 +1,4 @@
-"""An independent, deliberately plain Python reading of CONTRACT §2–3.
+"""An independent, deliberately plain Python reading of CONTRACT §2–3 and §7.
 
 It shares no code with the dbt models or the trainer: the tests compare what the
 views return with what this module says they must return.
@@ -50,6 +50,19 @@ class Event:
     actor: str | None
     occurred_at: datetime | None
     note: str | None = None
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A row of training.proposals (CONTRACT §7.3); its fields are the table's columns."""
+
+    model_version_id: int
+    annotation_id: str
+    actor: str
+    label: str
+    confidence: float
+    margin: float
+    created_at: datetime = datetime(2026, 3, 1)
 
 
 def is_blank(value: str | None) -> bool:
@@ -159,17 +172,29 @@ def _unique_rows(rows, key: str) -> dict:
     return {getattr(row, key): row for row in rows if getattr(row, key) is not None and counts[getattr(row, key)] == 1}
 
 
+def latest_changes(events: list[Event]) -> dict[str, Event]:
+    """annotation_id -> its latest change (§7.1): the greatest (occurred_at, event_id).
+    Exact duplicates of that place are told apart by type, label and actor in
+    descending code-point order, nulls last (only the label shows: current_label)."""
+    latest: dict[str, Event] = {}
+    for event in events:
+        if event.event_type in CHANGES and _orderable(event):
+            current = latest.get(event.annotation_id)
+            if current is None or _change_recency(event) > _change_recency(current):
+                latest[event.annotation_id] = event
+    return latest
+
+
+def _change_recency(event: Event):
+    return (*_place(event), _text_key(event.event_type), _text_key(event.label), _text_key(event.actor))
+
+
 def live_segments(documents: list[Document], annotations: list[Annotation], events: list[Event]) -> dict[str, dict]:
     """annotation_id -> the row live_segments must hold for it (§7.1). An annotation
     or document stored twice is ambiguous, as in §2: it is not live."""
     live_documents = {key for key, row in _unique_rows(documents, "document_id").items() if row.deleted_at is None}
     decisions = deciding_events(events)
-    latest_change: dict[str, Event] = {}
-    for event in events:
-        if event.event_type in CHANGES and _orderable(event):
-            current = latest_change.get(event.annotation_id)
-            if current is None or _place(event) > _place(current):
-                latest_change[event.annotation_id] = event
+    latest_change = latest_changes(events)
     rows = {}
     for annotation_id, annotation in _unique_rows(annotations, "annotation_id").items():
         if annotation.document_id not in live_documents or is_blank(annotation.text):
@@ -257,3 +282,70 @@ def proposal_acceptance(outcomes: list[dict]) -> dict[tuple, dict]:
             "acceptance_rate": counts["accepted"] / decided if decided else None,
         }  # fmt: skip
     return result
+
+
+def _nulls_last(value):
+    """Ascending order with nulls last."""
+    return (value is None, 0 if value is None else value)
+
+
+def review_queue(
+    documents: list[Document], annotations: list[Annotation], events: list[Event], proposals: list[Proposal]
+) -> list[dict]:
+    """The rows review_queue must hold (§7.3), in priority order: one per pending live
+    segment, with its latest change's label and the proposal of the greatest
+    model_version_id among its proposals."""
+    changes = latest_changes(events)
+    newest: dict[str, Proposal] = {}
+    for proposal in proposals:
+        current = newest.get(proposal.annotation_id)
+        if current is None or proposal.model_version_id > current.model_version_id:
+            newest[proposal.annotation_id] = proposal
+    rows = []
+    for annotation_id, segment in live_segments(documents, annotations, events).items():
+        if segment["review_state"] != "pending":
+            continue
+        change, proposal = changes.get(annotation_id), newest.get(annotation_id)
+        model_name, version = model_of(proposal.actor) if proposal is not None else (None, None)
+        rows.append({
+            **segment, "current_label": None if change is None else change.label,
+            "model_version_id": None if proposal is None else proposal.model_version_id,
+            "proposed_label": None if proposal is None else proposal.label,
+            "confidence": None if proposal is None else proposal.confidence,
+            "margin": None if proposal is None else proposal.margin,
+            "model_name": model_name, "version": version,
+            "proposed_at": None if proposal is None else proposal.created_at,
+        })  # fmt: skip
+    # Least confident first (no proposal last), then document and reading order; text
+    # compares by code point (UTF-8 bytes order the same way).
+    rows.sort(key=lambda row: (
+        _nulls_last(row["confidence"]), row["document_id"].encode("utf-8"), _nulls_last(row["page"]),
+        _nulls_last(row["y0"]), _nulls_last(row["x0"]), row["annotation_id"].encode("utf-8"),
+    ))  # fmt: skip
+    for priority, row in enumerate(rows, start=1):
+        row["priority"] = priority
+    return rows
+
+
+def review_queue_documents(queue: list[dict]) -> list[dict]:
+    """The rows review_queue_documents must hold, in priority order, from the rows of
+    review_queue: one per document with a queued segment."""
+    by_document: dict[str, list[dict]] = {}
+    for row in queue:
+        by_document.setdefault(row["document_id"], []).append(row)
+    rows = []
+    for document_id, segments in by_document.items():
+        confidences = [row["confidence"] for row in segments if row["model_version_id"] is not None]
+        uncertainties = [1 - confidence for confidence in confidences]
+        rows.append({
+            "document_id": document_id, "pending_segments": len(segments), "proposed_segments": len(confidences),
+            "mean_uncertainty": sum(uncertainties) / len(uncertainties) if uncertainties else None,
+            "min_confidence": min(confidences) if confidences else None,
+        })  # fmt: skip
+    # Most uncertain first, documents without a proposal last, then by code point.
+    rows.sort(key=lambda row: (
+        row["mean_uncertainty"] is None, -(row["mean_uncertainty"] or 0.0), row["document_id"].encode("utf-8"),
+    ))  # fmt: skip
+    for priority, row in enumerate(rows, start=1):
+        row["priority"] = priority
+    return rows

@@ -602,7 +602,7 @@ def test_model_names_are_checked_where_written_and_escaped_where_read(served, re
     finally:
         MIGRATIONS[:] = all_migrations
     with legacy.database().session() as session:
-        assert legacy_store.migrate(session) == [6, 7]
+        assert legacy_store.migrate(session) == [6, 7, 8]
     assert _name_refused_by_the_table(legacy, "training_runs", hostile[0])
     with running_api(legacy.env(TRAINER_ARTIFACTS_URL=served.artifacts_url), TOKENS) as server, server.client() as client:
         response = client.get(f"/model-versions/{version_id}/download")
@@ -712,7 +712,7 @@ def test_migrations_6_and_7_keep_rows_written_before_them_readable(workspace):
     tables_before = {table: workspace.query(f"select * from training.{table} order by 1, 2") for table in RESULTS_TABLES}
     with database.session() as session:
         before = session.fetchall("select audit_id, outcome, bytes_sent from training.audit_log order by audit_id")
-        assert store.migrate(session) == [6, 7]
+        assert store.migrate(session) == [6, 7, 8]
     for table in RESULTS_TABLES:
         assert workspace.query(f"select * from training.{table} order by 1, 2") == tables_before[table], table
     assert store.start_run("next", {"source": "database"}, "test") > kept_run

@@ -98,7 +98,7 @@ def test_init_db_on_postgres_leaves_the_apps_tables_to_the_app(postgres_workspac
     assert "App tables created: app.documents, app.annotations, app.annotation_events" in second.stdout
     assert "Results schema: up to date" in second.stdout
     assert workspace.query("select version from training.schema_migrations order by version") == [
-        (1,), (2,), (3,), (4,), (5,), (6,), (7,)
+        (1,), (2,), (3,), (4,), (5,), (6,), (7,), (8,)
     ]
 
 

@@ -1,8 +1,9 @@
-"""The dataset views against an independent reading of CONTRACT §2–3.
+"""The dataset views against an independent reading of CONTRACT §2–3 and §7.
 
-dbt builds the views once per configuration; each generated app state then
-replaces the app's tables and the live views are compared, row by row and column
-by column, with tests/reference.py.
+dbt builds the views once per configuration; each generated app state (with the
+model versions' proposals in training.proposals) then replaces the app's tables
+and the live views are compared, row by row and column by column, with
+tests/reference.py.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from reference import (
     Annotation,
     Document,
     Event,
+    Proposal,
     dataset_summary,
     live_segments,
     proposal_acceptance,
     proposal_outcomes,
+    review_queue,
+    review_queue_documents,
     training_examples,
 )
 
@@ -53,6 +57,12 @@ OTHER_TYPES = ["created", "proposed", "edited", "ACCEPTED", "Accepted", "Rejecte
 # People, and models named every way CONTRACT §7.2 reads: a version after the last `@`,
 # an `@` in the name, no version at all, and a prefix that is not quite `model:`.
 ACTORS = ["user:a", "user:b", "model:m@1", "model:m@2", "model:team@eu@3", "model:plain", "Model:m@1", None]
+# training.proposals (CONTRACT §7.3). The model versions build_views registers: 12 is the
+# newest, also as a number against 5 (not as text). Confidences are exact in binary, so
+# the means of review_queue_documents, and their ties, are the same on every engine.
+MODEL_VERSION_IDS = [1, 2, 5, 12]
+CONFIDENCES = [0.5, 0.25, 0.75, 0.5, 0.0, 1.0, 0.5]
+PROPOSAL_ACTORS = ["model:m@1", "model:m@2", "model:team@eu@3", "model:plain"]
 free_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
 coordinate = st.none() | st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
 
@@ -126,6 +136,63 @@ def app_states(draw):
     return documents, annotations, events
 
 
+@st.composite
+def proposal_rows(draw, annotation_ids: list[str]):
+    """training.proposals: each of ``annotation_ids`` proposed for by some of the model
+    versions, about one in five by none; equal confidences are common, so the queue's
+    order often falls to its tie-breaks."""
+    rows = []
+    for annotation_id in annotation_ids:
+        for model_version_id in MODEL_VERSION_IDS:
+            if draw(st.integers(0, 2)) != 0:
+                continue
+            confidence = draw(st.sampled_from(CONFIDENCES))
+            rows.append(
+                Proposal(
+                    model_version_id,
+                    annotation_id,
+                    actor=draw(st.sampled_from(PROPOSAL_ACTORS)),
+                    label=draw(st.sampled_from(GOOD_LABELS + [""])),
+                    confidence=confidence,
+                    margin=draw(st.sampled_from([0.0, confidence / 2, confidence])),
+                    created_at=draw(st.sampled_from(TIMES)),
+                )
+            )
+    return rows
+
+
+QUEUED_IDS = ["q1", "q2", "q3", "q4", "q5", "q6"]
+
+
+@st.composite
+def review_states(draw):
+    """An app state of app_states, with up to six more segments that nobody decided
+    (most of app_states' are decided), placed so that they often share a document,
+    a page, a y0 and an x0, some with a change event that gives them a current label;
+    and the proposals of the model versions for all of them and for one segment the
+    app does not have."""
+    documents, annotations, events = draw(app_states())
+    document_ids = list(dict.fromkeys(d.document_id for d in documents if d.document_id is not None))
+    annotations, events = list(annotations), list(events)
+    queued_ids = QUEUED_IDS[: draw(st.integers(0, len(QUEUED_IDS)))]
+    for number, annotation_id in enumerate(queued_ids):
+        document_id = draw(st.sampled_from(document_ids[:2] or ["missing-document"]))
+        page = draw(st.sampled_from([1, 2, None]))
+        y0, x0 = draw(st.sampled_from([(10.0, 0.0), (0.0, 5.0), (10.0, 5.0), (None, 0.0), (0.0, None)]))
+        reuse = draw(st.sampled_from(["page", "place", "none"])) if number else "none"
+        if reuse != "none":  # on the previous one's page, or at its very place (only the id then differs)
+            previous = annotations[-1]
+            document_id, page = previous.document_id, previous.page
+            if reuse == "place":
+                y0, x0 = previous.y0, previous.x0
+        annotations.append(Annotation(annotation_id, document_id, "to review", page=page, x0=x0, y0=y0))
+        if draw(st.booleans()):
+            label = draw(st.sampled_from(GOOD_LABELS + [None]))
+            events.append(Event(100 + number, annotation_id, "created", label, "user:a", draw(st.sampled_from(TIMES))))
+    proposals = draw(proposal_rows(ANNOTATION_IDS + queued_ids + ["ghost"]))
+    return documents, annotations, events, proposals
+
+
 CONFIGURATIONS = {
     "default vars": {},
     "salted, half eval": {"split_salt": "gold'26", "eval_percent": 50},
@@ -155,6 +222,14 @@ RELATION_COLUMNS = {
         "actor", "model_name", "model_version", "proposed_label", "proposals", "accepted", "corrected", "rejected",
         "deleted", "pending", "superseded", "acceptance_rate",
     ],
+    "review_queue": [
+        "annotation_id", "document_id", "page", "x0", "y0", "x1", "y1", "text", "review_state", "current_label",
+        "model_version_id", "proposed_label", "confidence", "margin", "model_name", "version", "proposed_at",
+        "priority",
+    ],
+    "review_queue_documents": [
+        "document_id", "pending_segments", "proposed_segments", "mean_uncertainty", "min_confidence", "priority",
+    ],
 }  # fmt: skip
 
 
@@ -164,12 +239,57 @@ def view_rows(space: Workspace, relation: str) -> list[dict]:
     return [dict(zip(columns, row)) for row in rows]
 
 
+def queue_rows(space: Workspace, proposal_rows: list[Proposal]) -> tuple[list[dict], list[dict]]:
+    """Replace training.proposals with ``proposal_rows`` (their model versions exist:
+    register_model_versions) and read review_queue and review_queue_documents in
+    priority order, all in one session: opening one costs more than these statements."""
+    columns = list(Proposal.__dataclass_fields__)
+    with space.database().session() as session:
+        session.execute("delete from training.proposals")
+        if proposal_rows:
+            marks = ", ".join(f"({', '.join('?' for _ in columns)})" for _ in proposal_rows)
+            session.execute(
+                f"insert into training.proposals ({', '.join(columns)}) values {marks}",
+                [getattr(row, name) for row in proposal_rows for name in columns],
+            )
+        return tuple(
+            [dict(zip(RELATION_COLUMNS[relation], row)) for row in session.fetchall(
+                f"select {', '.join(RELATION_COLUMNS[relation])} from datasets.{relation} order by priority"
+            )]
+            for relation in ("review_queue", "review_queue_documents")
+        )  # fmt: skip
+
+
+def register_model_versions(space: Workspace) -> None:
+    """The results tables as init-db makes them (every migration), and a succeeded run
+    with a model version for each of MODEL_VERSION_IDS, so that proposals of those
+    versions satisfy training.proposals' foreign key."""
+    from trainer.results.store import ResultsStore
+
+    database = space.database()
+    with database.session(create=True) as session:
+        ResultsStore(database).migrate(session)
+        for number, model_version_id in enumerate(MODEL_VERSION_IDS, start=1):
+            session.execute(
+                "insert into training.training_runs (run_id, model_name, status, created_at, started_at, finished_at, "
+                "params, artifact_uri) values (?, 'm', 'succeeded', ?, ?, ?, '{}', ?)",
+                (number, TIMES[0], TIMES[0], TIMES[1], f"memory://models/m/{number}"),
+            )
+            session.execute(
+                "insert into training.model_versions (model_version_id, model_name, version, run_id, artifact_uri, "
+                "artifact_sha256, created_at) values (?, 'm', ?, ?, ?, ?, ?)",
+                (model_version_id, number, number, f"memory://models/m/{number}", "0" * 64, TIMES[1]),
+            )
+
+
 def build_views(space: Workspace, dbt_vars: dict) -> Workspace:
-    """The app's tables without keys (any row goes in) and the views over them, built
-    once per test run for these vars and copied into ``space``."""
+    """The app's tables without keys (any row goes in), the results tables with the
+    model versions of MODEL_VERSION_IDS (training.proposals empty), and the views
+    over them, built once per test run for these vars and copied into ``space``."""
 
     def build(template: Workspace) -> None:
         template.execute_script(PLAIN_APP_TABLES)
+        register_model_versions(template)
         template.dbt("run", dbt_vars=dbt_vars)
 
     space.copy_from(built_once(space, ("plain app tables and views", dbt_vars), build))
@@ -189,10 +309,10 @@ def built_views(request, tmp_path_factory):
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(state=app_states())
+@given(state=review_states())
 def test_views_follow_the_contract(built_views, state):
     space, dbt_vars = built_views
-    document_rows, annotation_rows, event_rows = state
+    document_rows, annotation_rows, event_rows, proposals = state
     replace_app_data(space, document_rows, annotation_rows, event_rows)
     expected = training_examples(
         document_rows,
@@ -226,6 +346,12 @@ def test_views_follow_the_contract(built_views, state):
     )
     acceptance = {(row["actor"], row["proposed_label"]): row for row in view_rows(space, "proposal_acceptance")}
     assert acceptance == proposal_acceptance(outcomes)
+    # The queue, in priority order: every column of every row, the order itself too.
+    # The split's vars do not reach it, and CI replays the same examples in each
+    # configuration: one of them checks it (the others leave training.proposals empty).
+    if dbt_vars == CONFIGURATIONS["default vars"]:
+        queue = review_queue(document_rows, annotation_rows, event_rows, proposals)
+        assert queue_rows(space, proposals) == (queue, review_queue_documents(queue))
 
 
 def test_reference_itself_on_a_worked_example():
@@ -291,3 +417,49 @@ def test_review_loop_reference_on_a_worked_example():
     assert model_of("model:team@eu@2") == ("team@eu", "2") and model_of("model:plain") == ("plain", None)
     rates = {key: row["acceptance_rate"] for key, row in proposal_acceptance(proposal_outcomes(anns, evs)).items()}
     assert rates[("model:m@1", "answer")] == 0.5 and rates[("model:m@1", "question")] is None
+
+
+def test_review_queue_reference_on_a_worked_example():
+    """The queue's reference, hand-checked: which segments, which proposal, which order."""
+    t = [datetime(2026, 3, 1, 10) + timedelta(hours=k) for k in range(3)]
+    docs = [Document("a"), Document("B"), Document("gone", deleted_at=t[0])]
+    anns = [
+        Annotation("low", "a", "x", page=2),
+        Annotation("tie-late", "a", "x", page=1, y0=5.0),
+        Annotation("tie-early", "a", "x", page=1, y0=1.0),
+        Annotation("tie-doc", "B", "x", page=9),  # B before a by code point
+        Annotation("bare", "B", "x", page=1),
+        Annotation("done", "B", "x"),
+        Annotation("old", "gone", "x"),
+    ]
+    evs = [
+        Event(1, "low", "created", "question", "user:a", t[0]),
+        Event(2, "low", "edited", "header", "user:a", t[1]),  # the latest change: current_label
+        Event(3, "done", "accepted", "answer", "user:r", t[1]),  # decided: not queued
+    ]
+    props = [
+        Proposal(5, "low", "model:m@2", "answer", 0.25, 0.0),
+        Proposal(12, "low", "model:m@3", "other", 0.5, 0.25),  # the newest version wins
+        Proposal(1, "tie-late", "model:plain", "q", 0.75, 0.5),
+        Proposal(1, "tie-early", "model:m@1", "q", 0.75, 0.5),
+        Proposal(1, "tie-doc", "model:team@eu@3", "q", 0.75, 0.5),
+        Proposal(1, "done", "model:m@1", "q", 0.0, 0.0),
+        Proposal(1, "old", "model:m@1", "q", 0.0, 0.0),  # not live
+    ]
+    queue = review_queue(docs, anns, evs, props)
+    assert [row["annotation_id"] for row in queue] == ["low", "tie-doc", "tie-early", "tie-late", "bare"]
+    assert [row["priority"] for row in queue] == [1, 2, 3, 4, 5]
+    low, tie_doc, _, tie_late, bare = queue
+    assert (low["current_label"], low["model_version_id"], low["proposed_label"], low["confidence"]) == (
+        "header", 12, "other", 0.5,
+    )  # fmt: skip
+    assert (low["model_name"], low["version"]) == ("m", "3")
+    assert (tie_doc["model_name"], tie_doc["version"]) == ("team@eu", "3")
+    assert (tie_late["model_name"], tie_late["version"]) == ("plain", None)
+    assert bare["model_version_id"] is None and bare["confidence"] is None and bare["current_label"] is None
+    documents = review_queue_documents(queue)
+    assert [(row["document_id"], row["pending_segments"], row["proposed_segments"]) for row in documents] == [
+        ("a", 3, 3), ("B", 2, 1),
+    ]  # fmt: skip
+    assert documents[0]["mean_uncertainty"] == (0.5 + 0.25 + 0.25) / 3 and documents[0]["min_confidence"] == 0.5
+    assert documents[1]["mean_uncertainty"] == 0.25 and documents[1]["priority"] == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from conftest import ROOT, demo_subset, load_app_data
-from test_dataset_rules import PLAIN_APP_TABLES
+from test_dataset_rules import PLAIN_APP_TABLES, register_model_versions
 
 DIRTY_ROWS = """
 insert into app.documents values
@@ -21,6 +21,7 @@ insert into app.annotations values
     ('a3', 'missing', 1, null, null, null, null, 'x', null, 'pending', null, null),
     ('a4', null, 1, null, null, null, null, null, null, 'pending', null, null),
     ('a5', 'd2', 1, 1e300, -1e300, 0, 0, ' ', 'other', 'accepted', '2026-01-01', '2026-01-01'),
+    ('a6', 'd2', 1, 2, 3, 4, 5, 'Total', null, 'pending', '2026-01-01', '2026-01-01'),  -- live, never decided
     (null, 'd2', 1, null, null, null, null, 'no id', null, 'pending', null, null);
 insert into app.annotation_events values
     (1, 'a1', 'accepted', 'question', 'user:r', '2026-01-02', null),
@@ -31,6 +32,14 @@ insert into app.annotation_events values
     (null, 'a1', 'accepted', 'header', 'user:r', '2026-01-03', null),
     (5, null, 'ACCEPTED', 'header', 'user:r', '2026-01-03', null),
     (6, 'a1', null, 'header', 'user:r', null, null);
+"""
+# training.proposals of the model versions register_model_versions makes (ids 1, 2, 5, 12).
+PROPOSALS = """
+insert into training.proposals (model_version_id, annotation_id, actor, label, confidence, margin, created_at) values
+    (1, 'a6', 'model:m@1', 'question', 0.5, 0.25, '2026-01-03'),
+    (12, 'a6', 'model:m@4', 'answer', 0.75, 0.5, '2026-01-02'),   -- the newest version: shown
+    (5, 'a1', 'model:m@3', 'other', 0.25, 0.0, '2026-01-02'),     -- a1 is decided: not queued
+    (5, 'ghost', 'model:m@3', 'other', 0.25, 0.0, '2026-01-02');  -- no such annotation
 """
 
 
@@ -85,11 +94,24 @@ DBT_UNIT_TESTS = sorted(
     + [("live_segments", "review_state_follows_the_latest_change_and_the_decision")]
     + [("proposal_outcomes", "outcomes_follow_the_contracts_order_and_labels_compare_exactly")]
     + [("proposal_acceptance", "acceptance_counts_outcomes_per_actor_and_label")]
+    + [
+        ("review_queue", name)
+        for name in (
+            "an_actor_without_an_at_sign_has_no_version",
+            "current_label_is_the_latest_changes_label",
+            "least_confident_segments_are_reviewed_first",
+            "only_pending_live_segments_are_queued",
+            "segments_without_a_proposal_are_reviewed_last",
+            "the_newest_model_versions_proposal_is_shown",
+            "ties_are_broken_by_document_then_reading_order",
+        )
+    ]
+    + [("review_queue_documents", "documents_are_opened_most_uncertain_first")]
 )
 # The relations of CONTRACT §4 and §7 (views in `datasets`).
 MARTS = (
     "latest_accepted_annotations", "training_examples", "dataset_summary", "live_segments", "proposal_outcomes",
-    "proposal_acceptance",
+    "proposal_acceptance", "review_queue", "review_queue_documents",
 )
 
 def results_by_status(workspace) -> dict[str, list[str]]:
@@ -101,6 +123,9 @@ def results_by_status(workspace) -> dict[str, list[str]]:
 
 def test_build_succeeds_on_dirty_data_and_warns_about_it(workspace):
     workspace.execute_script(PLAIN_APP_TABLES + DIRTY_ROWS)
+    # The results tables, with proposals: the review queue's tests run on rows too.
+    register_model_versions(workspace)
+    workspace.execute_script(PROPOSALS)
 
     result = workspace.dbt("build")
     statuses = results_by_status(workspace)
@@ -119,6 +144,13 @@ def test_build_succeeds_on_dirty_data_and_warns_about_it(workspace):
 
     rows = workspace.query("select annotation_id, label from datasets.training_examples")
     assert rows == []  # a1 is rejected on the exact tie, a2 and a5 are ambiguous or blank, the rest orphans
+    queue = workspace.query(
+        "select annotation_id, document_id, model_version_id, proposed_label, confidence, model_name, version, "
+        "priority from datasets.review_queue"
+    )
+    assert queue == [("a6", "d2", 12, "answer", 0.75, "m", "4", 1)]
+    documents = workspace.query("select * from datasets.review_queue_documents")
+    assert documents == [("d2", 1, 1, 0.25, 0.75, 1)]
 
 
 def test_build_succeeds_on_empty_tables(workspace):
@@ -133,8 +165,9 @@ def test_relations_are_views_in_the_datasets_schema_without_prefix(workspace):
     load_app_data(workspace.database(), demo_subset(6))
     workspace.dbt("build")
     models = {
-        "stg_app__documents", "stg_app__annotations", "stg_app__annotation_events", "int_annotation_decisions",
-        "int_annotation_changes", "int_proposal_answers", *MARTS,
+        "stg_app__documents", "stg_app__annotations", "stg_app__annotation_events", "stg_training__split_overrides",
+        "stg_training__proposals", "int_annotation_decisions", "int_annotation_changes", "int_proposal_answers",
+        *MARTS,
     }
     views = {(schema, name) for schema, name in workspace.query(
         "select table_schema, table_name from information_schema.views") if name in models}

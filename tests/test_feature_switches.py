@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import prepared_workspace, save_embedding_only_model
+from conftest import eval_pages, prepared_workspace, save_embedding_only_model
 
 from trainer.core.blob_store import ArtifactStore
 from trainer.core.errors import ConfigurationError
@@ -68,23 +68,33 @@ def test_the_default_model_uses_every_family_and_predicts_what_its_run_measured(
     stored = dict(space.query("select name, value from training.metrics where run_id = ? and split = 'eval' and label is null", [first.run_id]))
     assert accuracy == pytest.approx(stored["accuracy"], abs=1e-12)
 
-    # The saved model, given the eval examples where they are, predicts what the run measured.
-    rows = SegmentRows([row[1] for row in examples], [row[2] for row in examples], np.array([row[3:7] for row in examples], dtype=float))
-    probabilities = model.predict_segments([row[7] for row in examples], rows)
+    # The saved model, given the eval examples where they are (on their pages, with the
+    # live segments around them the run stored), predicts what the run measured.
+    pages = eval_pages(space, first.run_id)
+    assert [row[0] for row in pages.examples] == [row[0] for row in examples]
+    probabilities = pages.predict_examples(model)
     np.testing.assert_allclose(probabilities.max(axis=1), predictions.column("confidence").to_numpy(), atol=1e-5)
     assert [model.labels[i] for i in probabilities.argmax(axis=1)] == predictions.column("predicted_label").to_pylist()
+    # Without the segments around them, the pages differ, and so do some predictions.
+    rows = SegmentRows([row[1] for row in examples], [row[2] for row in examples], np.array([row[3:7] for row in examples], dtype=float))
+    bare = model.predict_segments([row[7] for row in examples], rows)
+    assert not np.allclose(bare, probabilities, atol=1e-6)
 
-    # And so does `predict` on a CSV with the layout columns; without them the neighbours are gone.
+    # And so does `predict` on a CSV with the layout columns of the whole pages; without
+    # them the neighbours are gone.
     source = tmp_path / "segments.csv"
     with source.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["document_id", "page", "x0", "y0", "x1", "y1", "text"])
-        writer.writerows([row[1:8] for row in examples])
+        writer.writerows(
+            (document_id, page, *box, text)
+            for document_id, page, box, text in zip(pages.rows.document_ids, pages.rows.pages, pages.rows.boxes.tolist(), pages.texts)
+        )  # fmt: skip
     output = tmp_path / "labelled.csv"
     done = space.trainer("predict", "--model-name", "funsd", "--model-version", "1", "--input", str(source), "--output", str(output))
     assert done.returncode == 0, done.stderr
     with output.open(newline="") as handle:
-        labelled = list(csv.DictReader(handle))
+        labelled = list(csv.DictReader(handle))[: len(examples)]
     assert [row["predicted_label"] for row in labelled] == predictions.column("predicted_label").to_pylist()
     alone = model.predict_segments([row[7] for row in examples])
     assert not np.allclose(alone, probabilities, atol=1e-3)  # position matters to this model
@@ -128,11 +138,10 @@ def test_each_family_can_be_switched_off(duckdb_workspace, switches):
     else:
         assert model.head.steps[0][0] == "hashing"  # texts in, probabilities out
 
-    examples = eval_examples(space)
-    rows = SegmentRows([row[1] for row in examples], [row[2] for row in examples], np.array([row[3:7] for row in examples], dtype=float))
-    predicted, _ = model.predict([row[7] for row in examples], rows=rows)
+    pages = eval_pages(space, result.run_id)
+    predicted = np.array(model.labels)[pages.predict_examples(model).argmax(axis=1)]
     stored = dict(space.query("select name, value from training.metrics where run_id = ? and split = 'eval' and label is null", [result.run_id]))
-    assert np.mean(np.array(predicted) == np.array([row[8] for row in examples])) == pytest.approx(stored["accuracy"], abs=1e-12)
+    assert np.mean(predicted == np.array([row[8] for row in pages.examples])) == pytest.approx(stored["accuracy"], abs=1e-12)
 
 
 def test_a_model_saved_before_the_feature_families_still_loads(tmp_path):

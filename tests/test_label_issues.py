@@ -320,7 +320,7 @@ def test_migration_5_upgrades_a_database_at_migration_4(workspace):
     with database.session() as session:
         assert not store.is_ready(session)
         assert not session.relation_exists("training", "label_issues")
-        assert store.migrate(session) == [5, 6, 7]  # 6: the audit log's new columns; 7: model-name CHECKs on DuckDB
+        assert store.migrate(session) == [5, 6, 7, 8]  # 6: the audit log's new columns; 7: model-name CHECKs on DuckDB; 8: proposals
     with database.session() as session:
         assert store.migrate(session) == []
         assert store.is_ready(session)

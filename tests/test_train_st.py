@@ -10,11 +10,11 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import prepared_workspace
+from conftest import eval_pages, prepared_workspace
 
 from trainer.core.blob_store import ArtifactStore
 from trainer.core.errors import ArtifactError
-from trainer.model.classifier import MANIFEST, SegmentClassifier, SegmentRows
+from trainer.model.classifier import MANIFEST, SegmentClassifier
 from trainer.model.encoder.embeddings import embedding_model_id
 from trainer.model.encoder.fine_tuning import PICKLE_SUFFIXES
 from trainer.results.run_outputs import PREDICTIONS_FILE
@@ -52,13 +52,9 @@ def test_a_queued_fine_tuning_run_saves_its_encoder_and_predicts_with_it(workspa
 
     # The saved model predicts what the run measured, with its own encoder…
     model = SegmentClassifier.load(store, uri, sha256)
-    examples = space.query(
-        "select document_id, page, x0, y0, x1, y1, text from datasets.training_examples "
-        "where split = 'eval' order by annotation_id"
-    )
-    rows = SegmentRows([row[0] for row in examples], [row[1] for row in examples], np.array([row[2:6] for row in examples], dtype=float))
-    texts = [row[6] for row in examples]
-    probabilities = model.predict_segments(texts, rows)
+    pages = eval_pages(space, run_id)  # the eval examples on their pages, as the run saw them
+    texts, rows = pages.texts, pages.rows
+    probabilities = pages.predict_examples(model)
     predictions = pq.read_table(io.BytesIO(store.read_bytes(store.join(uri, PREDICTIONS_FILE))))
     np.testing.assert_allclose(probabilities.max(axis=1), predictions.column("confidence").to_numpy(), atol=1e-5)
 
@@ -70,7 +66,7 @@ def test_a_queued_fine_tuning_run_saves_its_encoder_and_predicts_with_it(workspa
         remote.write_bytes(f"{directory}/{name}", store.read_bytes(store.join(uri, name)))
     copied = SegmentClassifier.load(remote, remote.uri(directory), sha256)
     assert copied.encoder_path == tmp_path / "encoders" / "fine-tuned" / manifest["embedding_model"]["weights_sha256"]
-    np.testing.assert_allclose(copied.predict_segments(texts, rows), probabilities, atol=1e-6)
+    np.testing.assert_allclose(copied.predict_segments(texts, rows)[: len(pages.examples)], probabilities, atol=1e-6)
 
     # A changed encoder file is refused before anything is loaded.
     remote.write_bytes(f"{directory}/encoder/modules.json", b"[]")

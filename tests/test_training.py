@@ -8,13 +8,13 @@ import math
 
 import numpy as np
 import pytest
-from conftest import Workspace, prepared_workspace
+from conftest import Workspace, eval_pages, prepared_workspace
 
 from trainer.core.blob_store import ArtifactStore, sha256_hex
 from trainer.core.errors import TrainingFailed
 from trainer.data.dataset import dataset_fingerprint, read_training_examples
 from trainer.model.arguments import TrainingArguments
-from trainer.model.classifier import SegmentClassifier, SegmentRows
+from trainer.model.classifier import SegmentClassifier
 from trainer.runs.training import train
 
 pytestmark = pytest.mark.slow
@@ -98,14 +98,13 @@ def test_stored_metrics_match_the_stored_model_on_the_eval_split(trained):
     space, first, _ = trained
     store = ArtifactStore(str(space.artifacts))
     classifier = SegmentClassifier.load(store, first.model_version.artifact_uri, first.model_version.artifact_sha256)
-    rows = space.query(
-        "select document_id, page, x0, y0, x1, y1, text, label from datasets.training_examples "
-        "where split = 'eval' order by annotation_id"
-    )
-    where = SegmentRows([row[0] for row in rows], [row[1] for row in rows], np.array([row[2:6] for row in rows], dtype=float))
-    predicted, confidence = classifier.predict([row[6] for row in rows], progress=False, rows=where)
-    truth = np.array([row[7] for row in rows])
-    predicted = np.array(predicted)
+    # The eval examples on their pages as the run saw them: with the live segments around them.
+    pages = eval_pages(space, first.run_id)
+    assert len(pages.texts) > len(pages.examples)
+    probabilities = pages.predict_examples(classifier)
+    confidence = probabilities.max(axis=1)
+    truth = np.array([row[8] for row in pages.examples])
+    predicted = np.array(classifier.labels)[probabilities.argmax(axis=1)]
     covered = confidence >= classifier.confidence_threshold
     expected = {
         "accuracy": float((predicted == truth).mean()),

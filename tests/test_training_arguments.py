@@ -19,7 +19,8 @@ NOT_DEFAULT = {
     "model_name": "other-model", "confidence_threshold": 0.25, "seed": 7, "embedding_batch_size": 16,
     "regularization": 0.5, "class_weight": "balanced", "max_iter": 300, "embedding_cache": False,
     "embedding_backend": "onnx", "target_precision": 0.8, "embedding_features": False,
-    "char_ngram_features": True, "layout_features": False, "neighbour_features": False, "stacking_folds": 3,
+    "char_ngram_features": True, "layout_features": False, "neighbour_features": False, "page_context": False,
+    "stacking_folds": 3,
     "label_issues": False, "max_label_issues": 10, "fine_tune": False, "fine_tune_max_pairs": 64,
     "fine_tune_max_seconds": 30.0,
 }  # fmt: skip

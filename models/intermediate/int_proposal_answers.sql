@@ -28,7 +28,7 @@ annotation_ids as (
 
 -- Each event's place in its annotation's (occurred_at, event_id) order; an event
 -- recorded twice (the same id and time) shares its place with its copy.
-placed as (
+placed as {{ inline_cte() }} (
 
     select
         events.*,

@@ -1,7 +1,8 @@
 {#- CONTRACT §7.2: one row per model proposal event, with what became of it. The
     answer and supersession are decided in int_proposal_answers; here the outcome
     follows the contract's order, and the actor is read as model:<name>@<version>
-    (the version after the last `@`; without one, the whole rest is the name). -#}
+    (the version after the last `@`; without one, the whole rest is the name:
+    macros/model_actor.sql). -#}
 
 with
 
@@ -11,30 +12,14 @@ answers as (
 
 ),
 
-named as (
-
-    select
-        answers.*,
-        substr(actor, 7) as model_reference
-
-    from answers
-
-),
-
 final as (
 
     select
         event_id,
         annotation_id,
         actor,
-        case
-            when position('@' in model_reference) = 0 then model_reference
-            else left(model_reference, length(model_reference) - position('@' in reverse(model_reference)))
-        end as model_name,
-        case
-            when position('@' in model_reference) = 0 then null
-            else right(model_reference, position('@' in reverse(model_reference)) - 1)
-        end as model_version,
+        {{ model_name_of_actor('actor') }} as model_name,
+        {{ model_version_of_actor('actor') }} as model_version,
         proposed_label,
         proposed_at,
         answer_event_id,
@@ -48,7 +33,7 @@ final as (
             else answer_type
         end as outcome
 
-    from named
+    from answers
 
 )
 

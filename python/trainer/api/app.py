@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trainer.api.context import ApiContext, reader
 from trainer.api.guard import RequestGuard, attempt_of, excerpt, private_names, public_message, request_id_of
-from trainer.api.schemas import Health, Problem, TrainingRequest
+from trainer.api.schemas import Health, Problem, ProposeRequest, TrainingRequest
 from trainer.api.tokens import ApiToken, TokenRegistry
 from trainer.core.errors import (
     ArtifactError,
@@ -41,12 +41,13 @@ models they produced, for the annotation app's SPA and for auditors.
 
 Authenticate with `Authorization: Bearer <token>` (tokens come from
 `TRAINER_API_TOKENS`). Role `reader` may GET everything; role `trainer` may also
-queue runs. Every export and download is written to `training.audit_log`.
+queue runs and propose jobs. Every export, download and queued job, and every
+request of the review loop, is written to `training.audit_log`.
 """
 
 ERROR_RESPONSES = {
     401: {"model": Problem, "description": "No token, or an unknown one."},
-    404: {"model": Problem, "description": "No such run or model version."},
+    404: {"model": Problem, "description": "No such run, model version or propose job."},
     409: {"model": Problem, "description": "The stored data cannot be served (altered, missing, or outside the store)."},
     503: {"model": Problem, "description": "The database is unreachable or not initialised."},
 }
@@ -82,7 +83,7 @@ def _database_errors() -> tuple[type[BaseException], ...]:
 
 def create_app(settings: Settings, tokens: TokenRegistry) -> FastAPI:
     """The application for one database and artifact store."""
-    from trainer.api import downloads, model_versions, runs
+    from trainer.api import downloads, model_versions, review_loop, runs
 
     app = FastAPI(
         title="training-db-pipeline audit API",
@@ -121,23 +122,26 @@ def create_app(settings: Settings, tokens: TokenRegistry) -> FastAPI:
     app.include_router(runs.router)
     app.include_router(model_versions.router)
     app.include_router(downloads.router)
+    app.include_router(review_loop.router)
     _install_error_handlers(app)
     _publish_body_schema(app)
     return app
 
 
 def _publish_body_schema(app: FastAPI) -> None:
-    """POST /training-runs reads its own body (after the token, up to a limit), so
-    FastAPI does not see TrainingRequest: put its schema where the route points."""
+    """POST /training-runs and POST /model-versions/{id}/propose read their own body
+    (after the token, up to a limit), so FastAPI does not see TrainingRequest and
+    ProposeRequest: put their schemas where the routes point."""
     generate = app.openapi
 
     def openapi() -> dict:
         if app.openapi_schema is None:
             document = generate()
-            schema = TrainingRequest.model_json_schema(ref_template="#/components/schemas/{model}")
             components = document.setdefault("components", {}).setdefault("schemas", {})
-            components.update(schema.pop("$defs", {}))
-            components["TrainingRequest"] = schema
+            for model in (TrainingRequest, ProposeRequest):
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(schema.pop("$defs", {}))
+                components[model.__name__] = schema
             app.openapi_schema = document
         return app.openapi_schema
 
@@ -203,6 +207,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 _OBJECTS = {
     "/training-runs/{run_id}/dataset": "training run",
     "/model-versions/{model_version_id}/download": "model version",
+    "/model-versions/{model_version_id}/proposals": "model version",
+    "/model-versions/{model_version_id}/acceptance": "model version",
+    "/model-versions/{model_version_id}/propose": "model version",
 }
 def bounded_errors(errors) -> list[dict]:
     """FastAPI's validation errors, bounded: at most 20, each naming its field, with

@@ -44,13 +44,21 @@ BODY_TIMEOUT_SECONDS = 30.0
 # How much of the client's own input an error body or an audit row repeats.
 EXCERPT_CHARS = 64
 
-# (method, route template) of every request that exports, downloads, queues or lists the log.
+# (method, route template) of every request that exports, downloads, queues or lists
+# the log, and of every request of the review loop (the app's segments, proposals,
+# propose jobs: trainer.api.review_loop).
 AUDITED_ROUTES = {
     ("GET", "/training-runs/{run_id}/dataset"),
     ("GET", "/datasets/current"),
     ("GET", "/model-versions/{model_version_id}/download"),
     ("GET", "/audit-log"),
     ("POST", "/training-runs"),
+    ("GET", "/review-queue"),
+    ("GET", "/review-queue/documents"),
+    ("GET", "/model-versions/{model_version_id}/proposals"),
+    ("GET", "/model-versions/{model_version_id}/acceptance"),
+    ("POST", "/model-versions/{model_version_id}/propose"),
+    ("GET", "/propose-jobs/{job_id}"),
 }
 _AUDITED_PATTERNS = [
     (method, route, re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "([^/]*)", re.escape(route)) + "$"))

@@ -40,6 +40,9 @@ RunId = Annotated[
 ModelVersionId = Annotated[
     int, Path(ge=1, le=MAX_ID, description="A model version's id (canonical decimal)."), BeforeValidator(_canonical_id)
 ]
+JobId = Annotated[
+    int, Path(ge=1, le=MAX_ID, description="A propose job's id (canonical decimal)."), BeforeValidator(_canonical_id)
+]
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -340,6 +343,124 @@ class QueuedRun(BaseModel):
     url: str
 
 
+# -- the review loop (CONTRACT §7) ------------------------------------------------------
+
+
+class ReviewQueueItem(BaseModel):
+    """A row of `datasets.review_queue`: a pending live segment and the newest proposal for it."""
+
+    annotation_id: str
+    document_id: str
+    page: int | None
+    x0: FiniteOrNull
+    y0: FiniteOrNull
+    x1: FiniteOrNull
+    y1: FiniteOrNull
+    text: str
+    review_state: str = Field(description="Always `pending` here.")
+    current_label: str | None = Field(description="The label of the segment's latest change (what the app shows now).")
+    model_version_id: int | None = Field(description="The proposal's model version; null without a proposal.")
+    proposed_label: str | None
+    confidence: FiniteOrNull = Field(description="The proposal's top class probability.")
+    margin: FiniteOrNull = Field(description="Its top probability minus the second.")
+    model_name: str | None
+    version: str | None = Field(description="The version as the proposal's actor spells it (text).")
+    proposed_at: UtcDatetime | None
+    priority: int = Field(description="1 = review first (least confident first, segments without a proposal last).")
+
+
+class ReviewQueuePage(Page):
+    items: list[ReviewQueueItem]
+
+
+class ReviewDocumentOut(BaseModel):
+    """A row of `datasets.review_queue_documents`: a document with pending segments."""
+
+    document_id: str
+    pending_segments: int
+    proposed_segments: int
+    mean_uncertainty: FiniteOrNull = Field(description="Mean of 1 - confidence over its proposed pending segments.")
+    min_confidence: FiniteOrNull
+    priority: int = Field(description="1 = open first (most uncertain first, documents without a proposal last).")
+
+
+class ReviewDocumentPage(Page):
+    items: list[ReviewDocumentOut]
+
+
+class ProposalOut(BaseModel):
+    """A row of `training.proposals`."""
+
+    annotation_id: str
+    label: str
+    confidence: FiniteOrNull = Field(description="The top class probability.")
+    margin: FiniteOrNull = Field(description="The top probability minus the second.")
+    actor: str = Field(description="`model:<model_name>@<version>`: the actor the app records the proposal under.")
+    created_at: UtcDatetime = Field(description="When it was written, or last rewritten with a new label or scores.")
+
+
+class ProposalPage(Page):
+    model_version_id: int
+    items: list[ProposalOut]
+
+
+class AcceptanceCountsOut(BaseModel):
+    proposals: int
+    accepted: int
+    corrected: int
+    rejected: int
+    deleted: int
+    pending: int
+    superseded: int
+    acceptance_rate: FiniteOrNull = Field(
+        description="accepted / (accepted + corrected + rejected); null when that is 0."
+    )
+
+
+class AcceptanceByLabel(AcceptanceCountsOut):
+    proposed_label: str | None
+
+
+class AcceptanceOut(BaseModel):
+    """How a model version's proposals fared in the app (`datasets.proposal_acceptance`)."""
+
+    model_version_id: int
+    model_name: str
+    version: int
+    actor: str
+    totals: AcceptanceCountsOut = Field(description="Over every proposed label.")
+    items: list[AcceptanceByLabel] = Field(description="One per proposed label.")
+
+
+class ProposeRequest(BaseModel):
+    """A propose job to queue for the model version in the path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    all_segments: StrictBool = Field(
+        False, description="Propose for every live segment, not only the pending ones."
+    )
+
+
+class ProposeJobOut(BaseModel):
+    job_id: int
+    model_version_id: int
+    status: Literal["queued", "running", "succeeded", "failed"]
+    all_segments: bool
+    requested_by: str | None = Field(description="The name of the token that queued it.")
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+    heartbeat_at: UtcDatetime | None
+    worker: str | None
+    error: str | None = Field(description="Why it failed, in one line.")
+    proposed: int | None = Field(description="Segments labelled (once succeeded).")
+    new_proposals: int | None = Field(description="Proposals this version had not made before.")
+    changed_proposals: int | None = Field(description="Proposals whose label or scores changed.")
+    url: str
+    proposals_url: str
+
+
 def _bounded_int(text: str) -> int | float:
     # Digits beyond any field's range are infinity (a 422 naming the field), not
     # Python's 4300-digit conversion error, and never a slow conversion.
@@ -349,6 +470,16 @@ def _bounded_int(text: str) -> int | float:
 def parse_training_request(raw: bytes) -> TrainingRequest:
     """The body of POST /training-runs: 400 if it is not JSON, 422 naming each bad field
     (NaN, Infinity and numbers out of range included)."""
+    return parse_body(raw, TrainingRequest)
+
+
+def parse_propose_request(raw: bytes) -> ProposeRequest:
+    """The body of POST /model-versions/{id}/propose, checked as POST /training-runs' is."""
+    return parse_body(raw, ProposeRequest)
+
+
+def parse_body(raw: bytes, model: type[BaseModel]) -> Any:
+    """A JSON body read by its route: 400 if it is not JSON, 422 naming each bad field."""
     from fastapi import HTTPException
     from fastapi.exceptions import RequestValidationError
     from pydantic import ValidationError
@@ -360,7 +491,7 @@ def parse_training_request(raw: bytes) -> TrainingRequest:
     except (ValueError, RecursionError):
         raise HTTPException(400, "the body is not JSON") from None
     try:
-        return TrainingRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)]
         raise RequestValidationError(errors) from None

@@ -5,7 +5,8 @@ newlines; ``TRAINER_API_TOKENS_FILE`` names a file of such entries, one per line
 (``#`` starts a comment), for secrets mounted as files. Roles:
 
 - ``reader``: every GET (runs, metrics, datasets, models, the audit log);
-- ``trainer``: a reader that may also queue runs (``POST /training-runs``).
+- ``trainer``: a reader that may also queue runs (``POST /training-runs``) and
+  propose jobs (``POST /model-versions/{id}/propose``).
 
 Only the sha256 of each secret is kept in memory, and a presented token is
 compared with every configured one in constant time. The name, never the

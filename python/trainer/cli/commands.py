@@ -53,6 +53,18 @@ def model_name_option(command):
     )(command)
 
 
+def model_version_option(purpose: str = "to use"):
+    """``--model-version N|latest``, parsed (see :func:`_parse_version`) into an int or None."""
+    return click.option(
+        "--model-version",
+        "model_version",
+        default="latest",
+        show_default=True,
+        callback=lambda ctx, param, value: _parse_version(value),
+        help=f"Version number {purpose}, or 'latest'.",
+    )
+
+
 def _checked_model_name(ctx, param, value):
     from trainer.core.errors import ConfigurationError
     from trainer.model.arguments import check_model_name
@@ -163,6 +175,29 @@ def load_demo_command(target, app_schema):
         ("annotation_events", report.annotation_events),
     ):
         click.echo(f"  {settings.app_schema}.{table}: {report.inserted[table]} inserted ({total} in the demo)")
+
+
+@cli.command("demo-reviews")
+@target_option
+@model_name_option
+@model_version_option()
+@user_errors
+def demo_reviews(target, model_name, model_version):
+    """Play the app's reviewers on the demo forms (after `propose`).
+
+    For the demo only: each pending segment the version proposed a label for gets
+    a `proposed` event with the model's actor, then a reviewer's decision taken
+    from the form's true label (accepted when the proposal is right; otherwise the
+    true label is accepted, or one in four is rejected). datasets.proposal_acceptance
+    then shows how the version fared. Never run it on a real app's database.
+    """
+    from trainer.runs.propose import play_demo_reviews
+
+    version, report = play_demo_reviews(Settings.from_env(target=target), model_name, model_version)
+    click.echo(
+        f"Reviewed {report.proposals} proposal(s) of {version.model_name} version {version.version}: "
+        f"{report.accepted} accepted, {report.corrected} corrected, {report.rejected} rejected."
+    )
 
 
 def training_options(command):
@@ -398,13 +433,15 @@ def request(target, run_options):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def worker(target, until_empty, poll_interval, quiet):
-    """Run queued training runs one at a time, oldest first.
+    """Run queued training runs one at a time, oldest first, and, when no run is
+    queued, the propose jobs queued through the API (POST /model-versions/{id}/propose).
 
     Claiming is atomic (FOR UPDATE SKIP LOCKED on PostgreSQL, the file's
     single-writer lock on DuckDB), so any number of workers run every queued
-    run exactly once. Before each claim the worker reaps runs whose heartbeat is
-    older than TRAINER_HEARTBEAT_TIMEOUT (default 120 s) as failed ("worker lost").
-    Stop it with Ctrl-C or SIGTERM: the run in progress is marked failed.
+    run exactly once. Before each claim the worker reaps runs and propose jobs
+    whose heartbeat is older than TRAINER_HEARTBEAT_TIMEOUT (default 120 s) as
+    failed ("worker lost"). Stop it with Ctrl-C or SIGTERM: the run or job in
+    progress is marked failed. Exits 1 if any of its runs or jobs failed.
     """
     from trainer.runs.work_queue import work
 
@@ -416,8 +453,11 @@ def worker(target, until_empty, poll_interval, quiet):
             progress=_progress(quiet),
             on_event=click.echo,
         )
-    click.echo(f"Queue empty: {len(report.succeeded)} succeeded, {len(report.failed)} failed.")
-    if report.failed:
+    summary = f"Queue empty: {len(report.succeeded)} succeeded, {len(report.failed)} failed"
+    if report.proposed or report.propose_failed:
+        summary += f"; propose jobs: {len(report.proposed)} succeeded, {len(report.propose_failed)} failed"
+    click.echo(summary + ".")
+    if report.failed or report.propose_failed:
         raise SystemExit(1)
 
 
@@ -441,13 +481,7 @@ def reap(target, timeout):
 @cli.command()
 @target_option
 @model_name_option
-@click.option(
-    "--model-version",
-    "model_version",
-    default="latest",
-    show_default=True,
-    help="Version number to use, or 'latest'.",
-)
+@model_version_option()
 @click.option("--input", "input_path", type=click.Path(path_type=Path), required=True, help="CSV with a `text` column.")
 @click.option("--output", "output_path", type=click.Path(path_type=Path), required=True, help="CSV to write.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -463,13 +497,48 @@ def predict(target, model_name, model_version, input_path, output_path, quiet):
     """
     from trainer.runs.predict import predict_csv
 
-    version = _parse_version(model_version)
     report = predict_csv(
-        Settings.from_env(target=target), input_path, output_path, model_name, version, progress=_progress(quiet)
+        Settings.from_env(target=target), input_path, output_path, model_name, model_version, progress=_progress(quiet)
     )
     click.echo(
         f"Labelled {report.rows} segment(s) with {report.model_version.model_name} "
         f"version {report.model_version.version} -> {report.output}"
+    )
+
+
+@cli.command()
+@target_option
+@model_name_option
+@model_version_option("to propose with")
+@click.option(
+    "--all",
+    "all_segments",
+    is_flag=True,
+    help="Propose for every live segment, not only the pending ones (e.g. to compare versions on decided ones).",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def propose(target, model_name, model_version, all_segments, quiet):
+    """Label the app's pending segments with a model version, for reviewers.
+
+    Reads the pending live segments from datasets.live_segments (run `dbt build`
+    first), predicts each with its page as the app has it (every live segment of
+    the page, decided or not), and writes one proposal per segment to
+    training.proposals: the label, its probability (confidence) and its lead over
+    the runner-up (margin). The app reads them least certain first from
+    datasets.review_queue. Running it again rewrites only the proposals whose label
+    or scores changed. See docs/USER_GUIDE.md, "The review loop".
+    """
+    from trainer.runs.propose import propose as propose_labels
+
+    report = propose_labels(
+        Settings.from_env(target=target), model_name, model_version, all_segments, _progress(quiet)
+    )
+    version = report.model_version
+    click.echo(
+        f"Proposed {report.proposed} label(s) with {version.model_name} version {version.version} "
+        f"({report.actor}): {report.new} new, {report.changed} changed, "
+        f"{report.proposed - report.new - report.changed} unchanged, in {report.seconds:.1f} s."
     )
 
 
@@ -495,6 +564,46 @@ def runs(target, limit):
     ]  # fmt: skip
     for line in table([header, *cells], "><<<>><", indent=""):
         click.echo(line)
+
+
+@cli.command()
+@target_option
+@model_name_option
+@model_version_option()
+@user_errors
+def acceptance(target, model_name, model_version):
+    """How reviewers answered a model version's proposals, beside its eval precision.
+
+    Reads datasets.proposal_acceptance (CONTRACT §7.2) for the version's actor
+    `model:<name>@<version>`: per proposed label, the proposals reviewers accepted
+    as they were, corrected (accepted with another label) or rejected, and the
+    acceptance rate accepted / (accepted + corrected + rejected); beside it, the
+    precision of that label on the run's eval split (for all labels: accuracy).
+    """
+    from trainer.core.text_table import table
+    from trainer.results.acceptance import field_acceptance
+
+    version, field = field_acceptance(Settings.from_env(target=target), model_name, model_version)
+    name = f"{version.model_name} version {version.version}"
+    if field is None:
+        click.echo(f"No proposals of {name} in the app's event log yet (model:{version.model_name}@{version.version}).")
+        return
+    header = ("proposed label", "proposals", "accepted", "corrected", "rejected", "pending", "acceptance", "eval precision")
+    lines = [header]
+    for row in [*field.rows, field.totals]:
+        counts = row.counts
+        lines.append(
+            (row.label if row.label is not None else "all labels", counts.proposals, counts.accepted, counts.corrected,
+             counts.rejected, counts.pending, _rate(row.acceptance_rate),
+             _rate(row.eval_precision))
+        )  # fmt: skip
+    click.echo(f"{name} in the field ({field.actor}):")
+    for line in table(lines, "<>>>>>>>"):
+        click.echo(line)
+
+
+def _rate(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
 
 
 @cli.command()

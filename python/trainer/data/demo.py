@@ -299,3 +299,57 @@ def load_demo(database: Database, schema: str = "app") -> LoadReport:
         annotation_events=data.annotation_events.num_rows,
         inserted=inserted,
     )
+
+
+@dataclass(frozen=True)
+class ReviewReport:
+    proposals: int  # proposals the app showed (appended as `proposed` events)
+    accepted: int  # reviewers kept the model's label
+    corrected: int  # reviewers accepted another label (the form's true one)
+    rejected: int  # reviewers rejected the proposal without a label
+
+
+def play_reviews(database: Database, actor: str, model_version_id: int, schema: str = "app") -> ReviewReport:
+    """Play the app's part of the review loop on the demo forms (CONTRACT §7): every
+    pending segment for which ``model_version_id`` has a proposal in
+    ``datasets.review_queue`` gets a ``proposed`` event with the model's ``actor``,
+    then a reviewer's decision from the form's true label: accepted when the
+    proposal is right; when it is wrong, the reviewer accepts the true label
+    (corrected) or, for one in four, rejects it. Decisions are a pure function of
+    the segment, and events are appended after the log's newest one."""
+    truth = {f"{segment.doc_id}-{segment.segment_id}": segment.label for segment in read_segments()}
+    with database.session() as session:
+        shown = session.fetchall(
+            "select annotation_id, proposed_label from datasets.review_queue "
+            "where model_version_id = ? order by priority",
+            (model_version_id,),
+        )
+        last_id, last_at = session.fetchone(f"select max(event_id), max(occurred_at) from {schema}.annotation_events")
+        next_id, at = int(last_id or 0) + 1, (last_at or PROJECT_START) + timedelta(minutes=1)
+        counts = {"accepted": 0, "corrected": 0, "rejected": 0}
+        events = []
+        for position, (annotation_id, proposed_label) in enumerate(shown):
+            true_label = truth.get(annotation_id)
+            proposed_at = at + timedelta(seconds=30 * position)
+            decided_at = proposed_at + timedelta(seconds=10)
+            reviewer = REVIEWERS[position % len(REVIEWERS)]
+            events.append((annotation_id, "proposed", proposed_label, actor, proposed_at, None))
+            if proposed_label == true_label or true_label is None:
+                decision, label, outcome = "accepted", proposed_label, "accepted"
+            elif random.Random(f"funsd-demo-review:{annotation_id}").random() < 0.25:
+                decision, label, outcome = "rejected", None, "rejected"
+            else:
+                decision, label, outcome = "accepted", true_label, "corrected"
+            events.append((annotation_id, decision, label, reviewer, decided_at, "demo review"))
+            counts[outcome] += 1
+        rows = [(next_id + offset, *event) for offset, event in enumerate(events)]
+        for start in range(0, len(rows), 500):
+            chunk = rows[start : start + 500]
+            session.execute(
+                f"insert into {schema}.annotation_events (event_id, annotation_id, event_type, label, actor, occurred_at, note) "
+                f"values {', '.join('(?, ?, ?, ?, ?, ?, ?)' for _ in chunk)}",
+                [value for row in chunk for value in row],
+            )
+        if rows:
+            session.refresh_statistics(f"{schema}.annotation_events")
+    return ReviewReport(len(shown), counts["accepted"], counts["corrected"], counts["rejected"])

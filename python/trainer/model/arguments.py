@@ -135,6 +135,13 @@ class TrainingArguments:
         "neighbour features, or both text models, a second stage combines everything.",
         aliases=("--neighbours/--no-neighbours",),
     )
+    page_context: bool = _argument(
+        True,
+        "Compute the layout and neighbour features of each example among every live segment of its page "
+        "(datasets.live_segments: pending and rejected segments too), the page `propose` predicts with; off: "
+        "among the examples alone. Only a run that reads the views now has the live pages: with --as-of, "
+        "--from-snapshot or --from-csv the examples are the page.",
+    )
     stacking_folds: int = _argument(
         5,
         "Document folds over the train split: the second stage learns from text-model probabilities "

@@ -17,6 +17,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,9 +152,12 @@ class SegmentClassifier:
         rows: SegmentRows | None = None,
         batch_size: int = 64,
         progress: bool | None = None,
+        embed: Callable[[list[str]], np.ndarray] | None = None,
     ) -> np.ndarray:
         """Class probabilities (columns: :attr:`labels`) of segments given by their
-        texts and, for layout and neighbour features, where they are (``rows``)."""
+        texts and, for layout and neighbour features, where they are (``rows``).
+        ``embed`` gives the vectors of distinct texts (e.g. through the embedding
+        cache); by default this classifier's encoder embeds them here."""
         labels = self.labels
         if not texts:
             return np.zeros((0, len(labels)))
@@ -163,7 +167,9 @@ class SegmentClassifier:
         per_text = []
         for name in self.features.text_models:
             head = self.text_heads[name]
-            if name == "embedding":
+            if name == "embedding" and embed is not None:
+                inputs = embed(distinct_texts)
+            elif name == "embedding":
                 inputs = embed_texts(
                     distinct_texts,
                     batch_size=batch_size,

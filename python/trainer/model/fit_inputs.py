@@ -18,6 +18,7 @@ distinct text is predicted once for the metrics (:func:`text_probabilities`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,3 +220,66 @@ def text_probabilities(predict_proba, order: RowOrder, vectors: np.ndarray, text
             result = np.empty((texts, probabilities.shape[1]), dtype=probabilities.dtype)
         result[text_rows[start : start + chunk_rows]] = probabilities
     return result
+
+
+@dataclass(frozen=True)
+class PageContext:
+    """The live segments on the examples' pages that are not examples themselves
+    (pending, rejected, or accepted with a blank label): the rest of the page the
+    app shows and ``propose`` predicts with. They are never fitted on or measured;
+    they are the neighbours and page-mates the layout and neighbour features see."""
+
+    text_index: np.ndarray  # per segment: its text's index in the (extended) TrainingInputs.texts
+    document_code: np.ndarray  # per segment: the code of its document among the examples'
+    page: np.ndarray  # 0 when null
+    boxes: np.ndarray  # x0, y0, x1, y1, NaN when null
+    # The segments as read (annotation_id, document_id, page, x0…y1, text): what the
+    # run stores beside its model, so a retrain from its snapshot sees the same pages.
+    table: pa.Table | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.text_index)
+
+
+NO_PAGE_CONTEXT = PageContext(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros((0, 4)))
+
+
+def with_page_context(inputs: TrainingInputs, batches: Iterable[pa.RecordBatch]) -> tuple[TrainingInputs, PageContext]:
+    """Keep, of the live segments in ``batches`` (annotation_id, document_id, page,
+    x0, y0, x1, y1, text), those on a page that has an example and that are not
+    examples; return the inputs with their texts added (after the examples' own,
+    so nothing of the examples moves) and the segments."""
+    if inputs.rows == 0:
+        return inputs, NO_PAGE_CONTEXT
+    # Document codes were handed out in order of first appearance, as pc.unique lists them.
+    documents = pc.unique(inputs.document_id)
+    pages = int(inputs.page.max()) + 1
+    example_pages = np.unique(inputs.document_code.astype(np.int64) * pages + inputs.page)
+    example_ids = pc.unique(inputs.annotation_id)
+    texts = {text: index for index, text in enumerate(inputs.texts)}
+    parts: list[tuple[np.ndarray, ...]] = []
+    kept_batches: list[pa.RecordBatch] = []
+    for batch in batches:
+        code = pc.index_in(batch.column("document_id"), value_set=documents)
+        page = pc.fill_null(batch.column("page"), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        on_page = np.isin(pc.fill_null(code, -1).to_numpy(zero_copy_only=False).astype(np.int64) * pages + page, example_pages)
+        keep = on_page & ~pc.is_in(batch.column("annotation_id"), value_set=example_ids).to_numpy(zero_copy_only=False)
+        keep &= (page >= 0) & (page < pages) & pc.is_valid(code).to_numpy(zero_copy_only=False)
+        if not keep.any():
+            continue
+        rows = pa.array(np.flatnonzero(keep))
+        kept = batch.take(rows)
+        kept_batches.append(kept)
+        text_index = np.fromiter(
+            (texts.setdefault(text, len(texts)) for text in kept.column("text").to_pylist()), dtype=np.int32, count=len(rows)
+        )
+        boxes = np.column_stack([
+            pc.fill_null(kept.column(name), float("nan")).to_numpy(zero_copy_only=False).astype(np.float64)
+            for name in ("x0", "y0", "x1", "y1")
+        ]).reshape(len(rows), 4)  # fmt: skip
+        parts.append((text_index, code.take(rows).to_numpy(zero_copy_only=False).astype(np.int32), page[keep].astype(np.int32), boxes))
+    if not parts:
+        return inputs, NO_PAGE_CONTEXT
+    context = PageContext(*(np.concatenate([part[i] for part in parts]) for i in range(4)), pa.Table.from_batches(kept_batches))
+    return dataclasses.replace(inputs, texts=list(texts)), context

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from trainer.model.arguments import TrainingArguments
-from trainer.model.fit_inputs import RowOrder, TrainingInputs, train_weights
+from trainer.model.fit_inputs import NO_PAGE_CONTEXT, PageContext, RowOrder, TrainingInputs, train_weights
 from trainer.model.segment_features import Segments, find_neighbours, text_statistics
 from trainer.model.segment_model import (
     char_ngram_vectorizer,
@@ -40,8 +40,23 @@ class FittedModel:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def segments_of(inputs: TrainingInputs) -> Segments:
-    return Segments(inputs.document_code, inputs.page, inputs.boxes, inputs.text_index)
+def segments_of(inputs: TrainingInputs, context: PageContext = NO_PAGE_CONTEXT) -> Segments:
+    """The examples' segments, then the page context's."""
+    if not context.rows:
+        return Segments(inputs.document_code, inputs.page, inputs.boxes, inputs.text_index)
+    return Segments(
+        np.concatenate([inputs.document_code, context.document_code]),
+        np.concatenate([inputs.page, context.page]),
+        np.concatenate([inputs.boxes, context.boxes]),
+        np.concatenate([inputs.text_index, context.text_index]),
+    )
+
+
+def _context_folds(inputs: TrainingInputs, folds: np.ndarray, context: PageContext) -> np.ndarray:
+    """The fold of each context segment: its document's (-1 for an eval document)."""
+    fold_of_document = np.full(int(inputs.document_code.max()) + 1, -1, dtype=np.int64)
+    fold_of_document[inputs.document_code] = folds
+    return fold_of_document[context.document_code]
 
 
 def new_text_head(args: TrainingArguments):
@@ -129,8 +144,14 @@ def fit_segment_model(
     vectors: np.ndarray | None,
     args: TrainingArguments,
     progress: bool | None = None,
+    context: PageContext = NO_PAGE_CONTEXT,
 ) -> FittedModel:
-    """Fit text models and, when the features ask for it, the second stage."""
+    """Fit text models and, when the features ask for it, the second stage.
+
+    ``context`` (trainer.model.fit_inputs.PageContext) is the rest of the examples'
+    pages: the second stage's layout and neighbour features are computed among the
+    examples and it, as at prediction; its segments are never fitted on. Their
+    text-model probabilities are cross-fitted like those of their document's examples."""
     import time
 
     from tqdm.auto import tqdm
@@ -150,6 +171,10 @@ def fit_segment_model(
     # Per example, the text models' probabilities side by side: the full fit's for
     # eval, the cross-fitted ones for train (when cross-fitting).
     per_row = np.zeros((inputs.rows, len(classes) * len(text_models)), dtype=np.float32)
+    # The same for the page context: its segments take their document's fold (-1: eval).
+    use_context = features.stacked and context.rows > 0
+    per_context = np.zeros((context.rows if use_context else 0, per_row.shape[1]), dtype=np.float32)
+    context_folds = _context_folds(inputs, folds, context) if use_context and cross_fit else None
     full_per_text = []
     text_heads = {}
     for position, name in enumerate(text_models):
@@ -162,12 +187,17 @@ def fit_segment_model(
         full = model.predict_texts(head, all_texts)
         full_per_text.append(full)
         per_row[:, columns] = full[inputs.text_index]
+        if use_context:
+            per_context[:, columns] = full[context.text_index]
         for fold in range(fold_count):
             fold_head = model.fit(train_weights(inputs, order, folds != fold))
             rows = np.flatnonzero(folds == fold)
-            texts, inverse = np.unique(inputs.text_index[rows], return_inverse=True)
-            predicted = label_aligned(model.predict_texts(fold_head, texts), fold_head.classes_, classes)
-            per_row[rows, columns] = predicted[inverse]
+            around = np.flatnonzero(context_folds == fold) if context_folds is not None else np.zeros(0, np.int64)
+            wanted = np.concatenate([inputs.text_index[rows], context.text_index[around]])
+            texts, inverse = np.unique(wanted, return_inverse=True)
+            predicted = label_aligned(model.predict_texts(fold_head, texts), fold_head.classes_, classes)[inverse]
+            per_row[rows, columns] = predicted[: len(rows)]
+            per_context[around, columns] = predicted[len(rows) :]
             bar.update()
         seconds[f"fit_{name}"] = time.perf_counter() - started
         del model
@@ -186,11 +216,15 @@ def fit_segment_model(
         )
 
     started = time.perf_counter()
-    segments = segments_of(inputs)
+    segments = segments_of(inputs, context if use_context else NO_PAGE_CONTEXT)
     stats = text_statistics(inputs.texts)
     neighbours = find_neighbours(segments) if features.neighbours else None
-    design = stage_two_features(features, segments, per_row, stats, neighbours)
-    del per_row
+    if use_context:
+        per_row = np.concatenate([per_row, per_context])
+    # The examples' rows come first: the context's rows are cut off once the
+    # features are made (a view, no copy).
+    design = stage_two_features(features, segments, per_row, stats, neighbours)[: inputs.rows]
+    del per_row, per_context
     seconds["features"] = time.perf_counter() - started
     started = time.perf_counter()
     train_labels = inputs.labels(is_train)

@@ -3,7 +3,9 @@
 Everything comes from what the run stored: its row in ``training.training_runs``,
 its metric rows, its label issues, and in the model's artifact directory the
 eval predictions (``predictions.parquet``, absent in runs made before it existed).
-Nothing is recomputed from the live views.
+Nothing is recomputed from the live views, with one exception: the section "in
+the field" reads how the app's reviewers answered the model version's proposals
+(``datasets.proposal_acceptance``) as of the moment the report is written.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import pyarrow.parquet as pq
 
 from trainer.core.blob_store import ArtifactStore
 from trainer.core.db import Database
-from trainer.core.errors import ArtifactError
+from trainer.core.errors import ArtifactError, DatasetError
 from trainer.core.settings import Settings
 from trainer.model.evaluation import CONFUSION_PREFIX, RISK_AT_COVERAGE_PREFIX
+from trainer.results.acceptance import InTheField, in_the_field
 from trainer.results.run_outputs import PREDICTIONS_FILE, read_predictions
 from trainer.results.store import LabelIssue, Metric, ModelVersion, ResultsStore, RunStateError, TrainingRun
 
@@ -78,6 +81,9 @@ class ReportData:
     issue_texts: dict[str, tuple[int | None, str]] = field(default_factory=dict)
     issue_texts_missing: str | None = None
     encoder: str | None = None
+    # How reviewers answered the version's proposals (None: no proposal yet), or why unknown.
+    in_the_field: InTheField | None = None
+    in_the_field_missing: str | None = None
 
     # -- metric rows ----------------------------------------------------------
 
@@ -144,17 +150,26 @@ def check_reportable(run: TrainingRun) -> None:
 
 def load_report_data(settings: Settings, run_id: int, artifacts: ArtifactStore, top: int) -> ReportData:
     """Read everything the report of ``run_id`` shows; refuse a run that did not succeed."""
-    store = ResultsStore(Database(settings))
+    database = Database(settings)
+    store = ResultsStore(database)
     run = store.get_run(run_id)
     check_reportable(run)
+    version = store.get_model_version_by_run(run_id)
+    metrics = store.run_metrics(run_id)
+    field_data, field_missing = None, None
+    if version is not None:
+        try:
+            field_data = in_the_field(database, version, metrics)
+        except DatasetError as exc:
+            field_missing = str(exc)
     predictions, missing = _read_predictions(artifacts, run.artifact_uri, run_id, top)
     issues = store.run_label_issues(run_id)
     shown = issues[:LABEL_ISSUES_SHOWN]
     texts, texts_missing = _snapshot_texts(artifacts, run, {issue.annotation_id for issue in shown})
     return ReportData(
         run=run,
-        model_version=store.get_model_version_by_run(run_id),
-        metrics=store.run_metrics(run_id),
+        model_version=version,
+        metrics=metrics,
         predictions=predictions,
         predictions_missing=missing,
         label_issues=shown,
@@ -162,6 +177,8 @@ def load_report_data(settings: Settings, run_id: int, artifacts: ArtifactStore, 
         issue_texts=texts,
         issue_texts_missing=texts_missing,
         encoder=_encoder(artifacts, run.artifact_uri),
+        in_the_field=field_data,
+        in_the_field_missing=field_missing,
     )
 
 

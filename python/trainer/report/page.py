@@ -110,6 +110,7 @@ def render_page(data: ReportData, plots: list[Plot], generator: str) -> str:
         _distribution(data, by_name.get("label_distribution")),
         _wrong(data),
         _label_issues(data),
+        _in_the_field(data),
         f"<footer>Generated {e(when(datetime.now(timezone.utc)))} by {e(generator)} "
         f"(<code>python -m trainer report {run.run_id}</code>) from the run's rows in schema "
         "<code>training</code> and its artifact.</footer>",
@@ -388,3 +389,41 @@ def _label_issues(data: ReportData) -> str:
         f"<th>document</th><th>annotation</th></tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
     )
 
+
+
+def _in_the_field(data: ReportData) -> str:
+    heading = '<section id="in-the-field"><h2>In the field: how reviewers answered its proposals</h2>'
+    version = data.model_version
+    if data.in_the_field_missing:
+        return heading + _unavailable(f"Unknown: {e(data.in_the_field_missing)}.") + "</section>"
+    field = data.in_the_field
+    if version is None or field is None:
+        actor = f"model:{version.model_name}@{version.version}" if version else "this version"
+        return heading + (
+            f"<p>The app's event log holds no proposal of <code>{e(actor)}</code> yet. Once "
+            "<code>python -m trainer propose</code> has labelled the pending segments and reviewers have answered "
+            "them in the app, this section shows, per label, how often they kept the model's label.</p></section>"
+        )
+    rows = []
+    for row in [*field.rows, field.totals]:
+        counts = row.counts
+        name = e(row.label) if row.label is not None else "<strong>all labels</strong>"
+        rows.append(
+            f"<tr><td>{name}</td>"
+            + "".join(f'<td class="num">{value:,}</td>' for value in
+                      (counts.proposals, counts.accepted, counts.corrected, counts.rejected, counts.pending,
+                       counts.superseded + counts.deleted))
+            + f'<td class="num">{number(row.acceptance_rate)}</td><td class="num">{number(row.eval_precision)}</td></tr>'
+        )  # fmt: skip
+    return (
+        heading
+        + f"<p>Proposals of <code>{e(field.actor)}</code> in the app's event log "
+        "(<code>datasets.proposal_acceptance</code>, read when this report was written). Acceptance is "
+        "accepted / (accepted + corrected + rejected): how often reviewers kept the proposed label. Beside it, the "
+        "precision of the same label on the run's eval split (for all labels: accuracy). A large gap means the "
+        "segments reviewers see now differ from the eval split.</p>"
+        + '<table><thead><tr><th>proposed label</th><th class="num">proposals</th><th class="num">accepted</th>'
+        '<th class="num">corrected</th><th class="num">rejected</th><th class="num">pending</th>'
+        '<th class="num">superseded or deleted</th><th class="num">acceptance</th>'
+        f'<th class="num">eval precision</th></tr></thead><tbody>{"".join(rows)}</tbody></table></section>'
+    )

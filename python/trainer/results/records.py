@@ -15,8 +15,8 @@ from trainer.core.errors import TrainerError
 from trainer.model.measures import LabelIssue, Metric
 
 __all__ = [
-    "AUDIT_OUTCOMES", "RUN_STATUSES", "AuditEntry", "LabelIssue", "Metric", "ModelVersion", "Page",
-    "RunStateError", "TrainingRun", "utcnow",
+    "AUDIT_OUTCOMES", "RUN_STATUSES", "AuditEntry", "LabelIssue", "Metric", "ModelVersion", "Page", "Proposal",
+    "ProposalJob", "RunStateError", "TrainingRun", "utcnow",
 ]  # fmt: skip
 
 RUN_STATUSES = ("queued", "running", "succeeded", "failed")
@@ -150,3 +150,54 @@ METRIC_COLUMNS = "split, name, label, value"
 
 def metric_from_row(row: Sequence[Any]) -> Metric:
     return Metric(**_named(METRIC_COLUMNS, row))
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A model version's label for one of the app's segments (CONTRACT §7.3)."""
+
+    model_version_id: int
+    annotation_id: str
+    actor: str
+    label: str
+    confidence: float
+    margin: float
+    created_at: datetime
+
+
+PROPOSAL_COLUMNS = "model_version_id, annotation_id, actor, label, confidence, margin, created_at"
+
+
+def proposal_from_row(row: Sequence[Any]) -> Proposal:
+    return Proposal(**_named(PROPOSAL_COLUMNS, row))
+
+
+@dataclass(frozen=True)
+class ProposalJob:
+    """A queued `propose` of one model version (the API queues them, `worker` runs them)."""
+
+    job_id: int
+    model_version_id: int
+    status: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    worker: str | None
+    error: str | None
+    params: dict[str, Any]
+    proposed: int | None
+    new_proposals: int | None
+    changed_proposals: int | None
+
+
+PROPOSAL_JOB_COLUMNS = (
+    "job_id, model_version_id, status, created_at, started_at, finished_at, heartbeat_at, worker, error, "
+    "params, proposed, new_proposals, changed_proposals"
+)
+
+
+def proposal_job_from_row(row: Sequence[Any]) -> ProposalJob:
+    values = _named(PROPOSAL_JOB_COLUMNS, row)
+    values["params"] = json.loads(values["params"])
+    return ProposalJob(**values)

@@ -73,3 +73,33 @@ def read_predictions(store: ArtifactStore, artifact_uri: str) -> pa.Table | None
     if not store.exists(store.relative_path(uri)):
         return None
     return pq.read_table(io.BytesIO(store.read_bytes(uri)))
+
+
+# The segments that joined the examples' pages (trainer.model.fit_inputs.PageContext),
+# kept so that a retrain from the run's snapshot sees the same pages. Like the
+# predictions, not one of the model's files; its sha256 is in the run's params.
+PAGE_CONTEXT_FILE = "page_context.parquet"
+PAGE_CONTEXT_SHA256_PARAM = "page_context_sha256"
+
+
+def write_page_context(store: ArtifactStore, path: str, table: pa.Table) -> tuple[str, str]:
+    """Store the page context's rows at ``path``; return its URI and sha256."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return store.write_bytes(path, buffer.getvalue())
+
+
+def read_page_context(store: ArtifactStore, run) -> pa.Table | None:
+    """The page context a run (TrainingRun) stored, verified against its recorded
+    sha256; None when it stored none (no live pages, or a run from before)."""
+    from trainer.core.blob_store import sha256_hex
+    from trainer.core.errors import ArtifactError
+
+    sha256 = run.params.get(PAGE_CONTEXT_SHA256_PARAM)
+    if not sha256 or not run.artifact_uri:
+        return None
+    uri = store.join(run.artifact_uri, PAGE_CONTEXT_FILE)
+    data = store.read_bytes(uri)
+    if sha256_hex(data) != sha256:
+        raise ArtifactError(f"page context {uri} does not match its recorded sha256 {sha256[:12]}…: it was altered")
+    return pq.read_table(io.BytesIO(data))

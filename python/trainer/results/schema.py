@@ -259,6 +259,62 @@ MIGRATIONS: list[tuple[int, str, list[_Statement]]] = [
         "model names checked by the table on DuckDB too",
         [{"duckdb": lambda session: _rebuild_with_model_name_checks(session)}],
     ),
+    (
+        8,
+        "the review loop: proposals of model versions for the app's segments, and the queue of propose jobs",
+        [
+            # CONTRACT §7.3: one row per (model version, annotation), written by `propose`
+            # and read by dbt (models/staging/stg_training__proposals.sql). The annotation
+            # id is copied, not referenced: the app's rows are not the pipeline's.
+            """
+            create table if not exists training.proposals (
+                model_version_id bigint not null,
+                annotation_id text not null,
+                actor text not null,
+                label text not null,
+                confidence double precision not null,
+                margin double precision not null,
+                created_at timestamp not null,
+                constraint proposals_model_version_id_annotation_id_pkey
+                    primary key (model_version_id, annotation_id),
+                constraint proposals_model_version_id_model_version_id_fkey
+                    foreign key (model_version_id) references training.model_versions (model_version_id),
+                constraint proposals_confidence_check check (confidence >= 0 and confidence <= 1),
+                constraint proposals_margin_check check (margin >= 0 and margin <= confidence)
+            )""",
+            # The review queue joins a segment to its proposals.
+            "create index if not exists proposals_annotation_id_idx on training.proposals (annotation_id)",
+            "create sequence if not exists training.proposal_jobs_job_id_seq",
+            # A propose job queued through the API; `worker` runs it like a training run.
+            """
+            create table if not exists training.proposal_jobs (
+                job_id bigint not null default nextval('training.proposal_jobs_job_id_seq'),
+                model_version_id bigint not null,
+                status text not null,
+                created_at timestamp not null,
+                started_at timestamp,
+                finished_at timestamp,
+                heartbeat_at timestamp,
+                worker text,
+                error text,
+                params text not null,
+                proposed integer,
+                new_proposals integer,
+                changed_proposals integer,
+                constraint proposal_jobs_job_id_pkey primary key (job_id),
+                constraint proposal_jobs_model_version_id_model_version_id_fkey
+                    foreign key (model_version_id) references training.model_versions (model_version_id),
+                constraint proposal_jobs_status_check
+                    check (status in ('queued', 'running', 'succeeded', 'failed')),
+                constraint proposal_jobs_finished_at_check
+                    check (status not in ('succeeded', 'failed') or finished_at is not null)
+            )""",
+            {
+                "postgres": "create index if not exists proposal_jobs_status_created_at_idx "
+                "on training.proposal_jobs (status, created_at, job_id)"
+            },
+        ],
+    ),
 ]
 # An advisory-lock key for schema changes on PostgreSQL (any constant shared by all trainers).
 _MIGRATION_LOCK_KEY = 7_316_250_921

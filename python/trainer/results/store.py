@@ -329,14 +329,16 @@ class ResultsStore:
             )
         return [run_from_row(row) for row in rows]
 
-    def find_snapshot(self, fingerprint_prefix: str) -> TrainingRun:
-        """The latest run that recorded a snapshot of the dataset whose fingerprint
-        starts with ``fingerprint_prefix``; refuses an ambiguous prefix."""
+    def find_snapshot(self, fingerprint_prefix: str, succeeded_only: bool = False) -> TrainingRun:
+        """The latest run (``succeeded_only``: the latest succeeded run) that recorded a
+        snapshot of the dataset whose fingerprint starts with ``fingerprint_prefix``;
+        refuses an ambiguous prefix."""
         prefix = fingerprint_prefix.strip().lower()
+        status = " and status = 'succeeded'" if succeeded_only else ""
         with self.database.session() as session:
             rows = session.fetchall(
                 f"select {RUN_COLUMNS} from training.training_runs where snapshot_uri is not null "
-                "and substr(dataset_fingerprint, 1, ?) = ? order by run_id desc",
+                f"and substr(dataset_fingerprint, 1, ?) = ?{status} order by run_id desc",
                 (len(prefix), prefix),
             )
         if not rows:

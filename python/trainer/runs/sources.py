@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from trainer.core.blob_store import ArtifactStore
 from trainer.core.db import Database
-from trainer.core.errors import ConfigurationError, DatasetError, InputFileError
+from trainer.core.errors import ConfigurationError, DatasetError, InputFileError, NotFound
 from trainer.data.dataset import STREAM_BATCH_ROWS
 from trainer.results.store import ResultsStore
 
@@ -61,6 +61,19 @@ class ExampleSource(Protocol):
     def stream(
         self, database: Database, store: ResultsStore, artifacts: ArtifactStore, batch_rows: int = ...
     ) -> AbstractContextManager[ExampleStream]: ...
+
+    def live_pages(
+        self, database: Database, store: ResultsStore, artifacts: ArtifactStore
+    ) -> AbstractContextManager[Iterator[pa.RecordBatch] | None]:
+        """The segments around the examples on their pages: every live segment now
+        (trainer.data.live_segments) when the examples are the live views'; for a
+        snapshot, the page context its run stored; None when there is none."""
+        ...
+
+
+@contextmanager
+def _no_live_pages(*_args) -> Iterator[None]:
+    yield None
 
 
 @contextmanager
@@ -117,6 +130,18 @@ class DatabaseSource:
 
             yield ExampleStream(batches(), self.as_of)
 
+    @contextmanager
+    def live_pages(
+        self, database: Database, store: ResultsStore, artifacts: ArtifactStore
+    ) -> Iterator[Iterator[pa.RecordBatch] | None]:
+        if self.as_of is not None:
+            yield None  # the live pages are today's, not the point in time's
+            return
+        from trainer.data.live_segments import stream_live_segments
+
+        with database.session() as session:
+            yield stream_live_segments(session)
+
     def _nothing_as_of(self) -> None:
         if self.as_of is not None:
             raise DatasetError(
@@ -145,20 +170,40 @@ class SnapshotSource:
     def load(self, database: Database, store: ResultsStore, artifacts: ArtifactStore) -> LoadedExamples:
         from trainer.data.snapshots import read_snapshot
 
+        run = self._run(store)
+        examples = read_snapshot(artifacts, run.snapshot_uri, run.snapshot_sha256, run.dataset_fingerprint)
+        return LoadedExamples(examples, run.dataset_as_of)
+
+    def _run(self, store: ResultsStore, succeeded_only: bool = False):
         text = self.reference.strip().lower()
         if text.isdigit():
             run = store.get_run(int(text))
             if run.snapshot_uri is None:
                 raise DatasetError(f"training run {run.run_id} recorded no snapshot ({run.status})")
-        else:
-            run = store.find_snapshot(text)
-        examples = read_snapshot(artifacts, run.snapshot_uri, run.snapshot_sha256, run.dataset_fingerprint)
-        return LoadedExamples(examples, run.dataset_as_of)
+            return run
+        return store.find_snapshot(text, succeeded_only)
 
     def stream(
         self, database: Database, store: ResultsStore, artifacts: ArtifactStore, batch_rows: int = STREAM_BATCH_ROWS
     ) -> AbstractContextManager[ExampleStream]:
         return _table_stream(self.load(database, store, artifacts), batch_rows)
+
+    @contextmanager
+    def live_pages(
+        self, database: Database, store: ResultsStore, artifacts: ArtifactStore
+    ) -> Iterator[Iterator[pa.RecordBatch] | None]:
+        """The page context the snapshot's run stored beside its model, if any. A
+        fingerprint names a dataset, not a run: the pages are those of the latest
+        succeeded run of it (the run being trained has recorded the same dataset by now)."""
+        from trainer.results.run_outputs import read_page_context
+
+        try:
+            run = self._run(store, succeeded_only=True)
+        except NotFound:  # only failed runs recorded it: they stored no pages
+            yield None
+            return
+        table = read_page_context(artifacts, run)
+        yield None if table is None else iter(table.to_batches())
 
 
 @dataclass(frozen=True)
@@ -198,6 +243,8 @@ class CsvSource:
         self, database: Database, store: ResultsStore, artifacts: ArtifactStore, batch_rows: int = STREAM_BATCH_ROWS
     ) -> AbstractContextManager[ExampleStream]:
         return _table_stream(self.load(database, store, artifacts), batch_rows)
+
+    live_pages = _no_live_pages
 
 
 def read_split_overrides(database: Database) -> dict[str, str]:

@@ -32,10 +32,16 @@ from trainer.model.encoder.cache import EmbeddingCache, EmbeddingJob
 from trainer.model.encoder.embeddings import embedding_model_id
 from trainer.model.encoder.process import EncoderProcess
 from trainer.model.evaluation import evaluate
-from trainer.model.fit_inputs import collect_examples, row_order
+from trainer.model.fit_inputs import NO_PAGE_CONTEXT, collect_examples, row_order, with_page_context
 from trainer.model.fitting import fit_segment_model
 from trainer.model.label_issues import find_label_issues, label_issue_rows
-from trainer.results.run_outputs import PREDICTIONS_FILE, write_predictions
+from trainer.results.run_outputs import (
+    PAGE_CONTEXT_FILE,
+    PAGE_CONTEXT_SHA256_PARAM,
+    PREDICTIONS_FILE,
+    write_page_context,
+    write_predictions,
+)
 from trainer.results.store import LabelIssue, Metric, ModelVersion, ResultsStore
 from trainer.runs.heartbeat import Heartbeat, worker_identity
 from trainer.runs.sources import DatabaseSource, ExampleSource, source_from_params
@@ -177,7 +183,7 @@ def _train_in(
     )
 
     _seed_everything(args.seed)
-    inputs = collected.inputs
+    inputs, page_context = _with_page_context(run_id, args, source, context, collected.inputs)
     # One vector per row of the fit, none per example: the train split's distinct
     # (text, label) pairs, each weighted by its number of examples (the objective
     # of one row per example), then the texts only eval has (trainer.model.fit_inputs).
@@ -193,9 +199,27 @@ def _train_in(
         else None,
         args,
         progress,
+        page_context,
     )
     store.add_params(run_id, {"fit_seconds": {name: round(value, 3) for name, value in fitted.seconds.items()}})
-    return _register(run_id, args, context, inputs, fitted, encoder, fingerprint, snapshot, train_size, eval_size)
+    return _register(
+        run_id, args, context, inputs, fitted, encoder, fingerprint, snapshot, train_size, eval_size, page_context
+    )
+
+
+def _with_page_context(run_id, args, source, context, inputs):
+    """The examples and the rest of their pages (trainer.model.fit_inputs.PageContext)
+    when the features look at the page and the source has the live pages."""
+    features = args.features
+    if not (args.page_context and features.stacked and (features.layout or features.neighbours)):
+        return inputs, NO_PAGE_CONTEXT
+    with source.live_pages(context.database, context.store, context.artifacts) as batches:
+        if batches is None:
+            context.store.add_params(run_id, {"page_context_segments": None})
+            return inputs, NO_PAGE_CONTEXT
+        inputs, page_context = with_page_context(inputs, batches)
+    context.store.add_params(run_id, {"page_context_segments": page_context.rows})
+    return inputs, page_context
 
 
 def _fine_tune(run_id, order, inputs, args, store, directory: Path, progress):
@@ -231,7 +255,7 @@ def _embed(run_id, order, inputs, args, context, store, encoder, spool: Path, pr
     return embedded.vectors
 
 
-def _register(run_id, args, context, inputs, fitted, encoder, fingerprint, snapshot, train_size, eval_size):
+def _register(run_id, args, context, inputs, fitted, encoder, fingerprint, snapshot, train_size, eval_size, page_context):
     """Evaluate, save the model and its predictions, and record the run as succeeded."""
     store = context.store
     classifier = SegmentClassifier(
@@ -266,6 +290,9 @@ def _register(run_id, args, context, inputs, fitted, encoder, fingerprint, snaps
     directory = f"models/{args.model_name}/run-{run_id}-{uuid.uuid4().hex[:12]}"
     artifact_uri, artifact_sha256 = classifier.save(context.artifacts, directory)
     write_predictions(context.artifacts, f"{directory}/{PREDICTIONS_FILE}", inputs, fitted)
+    if page_context.table is not None:
+        _, page_context_sha256 = write_page_context(context.artifacts, f"{directory}/{PAGE_CONTEXT_FILE}", page_context.table)
+        store.add_params(run_id, {PAGE_CONTEXT_SHA256_PARAM: page_context_sha256})
     issues = label_issues_of(inputs, fitted, args.max_label_issues) if args.label_issues else []
     version = store.succeed_run(
         run_id, context.worker, args.model_name, artifact_uri, artifact_sha256, metrics, label_issues=issues
