@@ -13,21 +13,13 @@ import pyarrow as pa
 
 from trainer.core.db import Session
 from trainer.core.errors import DatasetError
-from trainer.data.dataset import BUILD_HINT, DATASETS_SCHEMA
+from trainer.data.dataset import BUILD_HINT, DATASETS_SCHEMA, EXAMPLE_SCHEMA
 
 LIVE_SEGMENTS = "live_segments"
+# The segment's columns as the examples have them (same names and types), and its state.
 LIVE_SEGMENT_SCHEMA = pa.schema(
-    [
-        ("annotation_id", pa.string()),
-        ("document_id", pa.string()),
-        ("page", pa.int32()),
-        ("x0", pa.float64()),
-        ("y0", pa.float64()),
-        ("x1", pa.float64()),
-        ("y1", pa.float64()),
-        ("text", pa.string()),
-        ("review_state", pa.string()),
-    ]
+    [EXAMPLE_SCHEMA.field(name) for name in ("annotation_id", "document_id", "page", "x0", "y0", "x1", "y1", "text")]
+    + [pa.field("review_state", pa.string())]
 )
 # Rows per record batch when every live segment is streamed.
 READ_BATCH_ROWS = 65_536
