@@ -32,7 +32,8 @@ class DocumentToPropose:
     pending: int  # those pending review
 
 
-def _relation(session: Session) -> str:
+def live_segments_relation(session: Session) -> str:
+    """``datasets.live_segments``; a DatasetError saying how to build it when it is missing."""
     if not session.relation_exists(DATASETS_SCHEMA, LIVE_SEGMENTS):
         raise DatasetError(f"{DATASETS_SCHEMA}.{LIVE_SEGMENTS} does not exist; " + BUILD_HINT.format(target=session.dialect))
     return f"{DATASETS_SCHEMA}.{LIVE_SEGMENTS}"
@@ -41,7 +42,7 @@ def _relation(session: Session) -> str:
 def documents_to_propose(session: Session, pending_only: bool = True) -> list[DocumentToPropose]:
     """The documents with a pending live segment (with any, when ``pending_only`` is
     False), in document_id byte order, with how many live and pending segments each has."""
-    relation = _relation(session)
+    relation = live_segments_relation(session)
     having = " having sum(case when review_state = 'pending' then 1 else 0 end) > 0" if pending_only else ""
     rows = session.fetchall(
         "select document_id, count(*), sum(case when review_state = 'pending' then 1 else 0 end) "
@@ -53,7 +54,7 @@ def documents_to_propose(session: Session, pending_only: bool = True) -> list[Do
 def read_live_documents(session: Session, document_ids: list[str]) -> pa.Table:
     """Every live segment of these documents (pending or decided: the page around
     the pending ones), in document_id then annotation_id byte order."""
-    relation = _relation(session)
+    relation = live_segments_relation(session)
     collate = session.bytewise_collation()
     table = session.fetch_arrow(
         f"select {', '.join(LIVE_SEGMENT_SCHEMA.names)} from {relation} "
@@ -87,7 +88,7 @@ PAGE_CONTEXT_COLUMNS = ("annotation_id", "document_id", "page", "x0", "y0", "x1"
 def stream_live_segments(session: Session, batch_rows: int = READ_BATCH_ROWS):
     """Every live segment (:data:`PAGE_CONTEXT_COLUMNS`), as record batches in
     document_id then annotation_id byte order, one batch at a time."""
-    relation = _relation(session)
+    relation = live_segments_relation(session)
     collate = session.bytewise_collation()
     schema = pa.schema([LIVE_SEGMENT_SCHEMA.field(name) for name in PAGE_CONTEXT_COLUMNS])
     yield from session.stream_arrow(

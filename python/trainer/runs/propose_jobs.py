@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainer.core.db import Database
-from trainer.core.errors import DatasetError, TrainerError
+from trainer.core.errors import TrainerError
 from trainer.core.settings import Settings
-from trainer.data.dataset import BUILD_HINT, DATASETS_SCHEMA
-from trainer.data.live_segments import LIVE_SEGMENTS
+from trainer.data.live_segments import live_segments_relation
 from trainer.results.proposal_store import ProposalStore
 from trainer.results.records import ProposalJob, RunStateError
 from trainer.results.store import ModelVersion, ResultsStore
@@ -52,10 +51,7 @@ def request_propose(
     ensure_results_tables(database, store)
     model_version = store.get_model_version(model_name, version)
     with database.session() as session:
-        if not session.relation_exists(DATASETS_SCHEMA, LIVE_SEGMENTS):
-            raise DatasetError(
-                f"{DATASETS_SCHEMA}.{LIVE_SEGMENTS} does not exist; " + BUILD_HINT.format(target=session.dialect)
-            )
+        live_segments_relation(session)  # refuses now what the worker would fail on later
     params = {"all_segments": bool(all_segments), "requested_by": requested_by}
     return ProposalStore(database).queue_job(model_version.model_version_id, params)
 
